@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot and fine-tuned evaluators, scoring, metrics and reports."""

@@ -1,0 +1,34 @@
+"""Evaluation of a base VLM + a fine-tuned PEFT adapter (a training run directory) on an NLVR2-style split.
+
+# Qwen2-VL-2B + the Q-LoRA adapter trained by training/configs/qwen2vl_2b_qlora.yaml, NLVR2 dev
+python evals/finetuned.py --config evals/configs/qwen2vl_2b_finetuned.yaml
+
+# Embedded default
+python evals/finetuned.py --config evals/configs/embedded_finetuned.yaml
+
+# Another adapter
+python evals/finetuned.py --config evals/configs/embedded_finetuned.yaml --adapter_path artifacts/checkpoints/my-run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from trl import ModelConfig, TrlParser
+
+from evals.evaluate import EvalArguments, run_evaluation
+from vlm_datasets.config import DataArguments
+
+
+def main(eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig) -> dict:
+    if not eval_args.adapter_path:
+        raise ValueError("fine-tuned evaluation needs --adapter_path (the training run's output_dir)")
+    return run_evaluation(eval_args, data_args, model_args)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = TrlParser((EvalArguments, DataArguments, ModelConfig))
+    metrics = main(*parser.parse_args_and_config())
+    print(json.dumps(metrics, indent=2))

@@ -1,0 +1,85 @@
+"""Scoring NLVR2-style examples with a VLM: answer likelihood (default) or generation + answer parser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from training.collators import render
+from vlm_datasets.example import Example
+from vlm_datasets.labels import parse_answer
+from vlm_datasets.prompts import PromptTemplate, to_conversation
+
+
+@dataclass
+class Scored:
+    uid: str
+    p_true: float | None  # likelihood scoring: P(true answer) renormalized over the two answers
+    prediction: bool | None  # None: the generated text did not parse
+    raw: str | None = None  # generated text (generation scoring only)
+
+
+def answer_token_ids(tokenizer, template: PromptTemplate) -> tuple[int, int]:
+    """First token of each answer; they must differ so one forward pass over the prompt scores both."""
+    ids = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in template.answers]
+    if ids[0] == ids[1]:
+        raise ValueError(f"answers {template.answers} share their first token; likelihood scoring needs them distinct")
+    return ids[0], ids[1]
+
+
+def _prompts(processor, examples: list[Example], template: PromptTemplate):
+    texts = [render(processor, {"prompt": to_conversation(ex, template)["prompt"]})[0] for ex in examples]
+    return processor(
+        images=[ex.images for ex in examples],
+        text=texts,
+        padding=True,
+        padding_side="left",  # the last position is the next-token position for every row
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
+
+
+@torch.inference_mode()
+def score_likelihood(model, processor, examples: list[Example], template: PromptTemplate) -> list[Scored]:
+    """One forward pass per batch; p_true = softmax over the two answers' first-token logits at the last position."""
+    true_id, false_id = answer_token_ids(processor.tokenizer, template)
+    batch = _prompts(processor, examples, template).to(model.device)
+    logits = model(**batch, logits_to_keep=1).logits[:, -1]  # [B, V]
+    pair = torch.stack([logits[:, true_id], logits[:, false_id]], dim=-1).float()  # [B, 2]
+    p_true = pair.softmax(-1)[:, 0].tolist()
+    return [Scored(ex.uid, p, p >= 0.5) for ex, p in zip(examples, p_true, strict=True)]
+
+
+@torch.inference_mode()
+def score_generate(
+    model, processor, examples: list[Example], template: PromptTemplate, max_new_tokens: int = 8
+) -> list[Scored]:
+    """Greedy generation with left padding, then `parse_answer`; unparseable answers get prediction None."""
+    batch = _prompts(processor, examples, template).to(model.device)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    texts = processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    results = []
+    for ex, text in zip(examples, texts, strict=True):
+        parsed = _parse_with_template(text, template)
+        results.append(Scored(ex.uid, None, parsed, raw=text))
+    return results
+
+
+def _parse_with_template(text: str, template: PromptTemplate) -> bool | None:
+    t = text.strip().lower()
+    true_a, false_a = (a.lower() for a in template.answers)
+    if t.startswith(true_a) and not t.startswith(false_a):
+        return True
+    if t.startswith(false_a):
+        return False
+    return parse_answer(text)
+
+
+def batches_by_length(examples: list[Example], batch_size: int) -> Iterator[list[Example]]:
+    """Batches of similar sentence length (less padding); order within the run is restored by uid."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].sentence), sum(
+        im.size[0] * im.size[1] for im in examples[i].images)))
+    for start in range(0, len(order), batch_size):
+        yield [examples[i] for i in order[start : start + batch_size]]

@@ -1,0 +1,177 @@
+"""Cached mode: round trip, manifest contents, verification (tampering, settings), atomic builds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+
+from utils.artifacts import artifact_dir, artifact_root
+from vlm_datasets import loading
+from vlm_datasets.cache import (
+    CacheError,
+    build_cache,
+    cache_slug,
+    load_cached_split,
+    resolve_cache_dir,
+)
+from vlm_datasets.config import DataArguments
+from vlm_datasets.loading import iter_examples, load_split
+from vlm_datasets.synthetic_source import synthetic_split
+
+ARROW = "dev/data-00000-of-00001.arrow"
+
+
+@pytest.fixture
+def args() -> DataArguments:
+    return DataArguments(dataset_source="synthetic", synthetic_train_size=6, synthetic_eval_size=3)
+
+
+@pytest.fixture
+def built(tmp_path, args) -> Path:
+    return build_cache(args, ["train", "dev"], tmp_path / "cache")
+
+
+def test_round_trip_and_manifest(built, args, same_examples):
+    for split in ("train", "dev"):
+        cached = list(iter_examples(load_cached_split(args, split, built)))
+        same_examples(cached, list(iter_examples(synthetic_split(args, split))))
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["source"] == "synthetic"
+    assert manifest["splits"] == {"train": 6, "dev": 3}
+    assert manifest["settings"] == {
+        "source": "synthetic",
+        "min_pixels": None,
+        "max_pixels": None,
+        "synthetic_seed": 0,
+        "synthetic_train_size": 6,
+        "synthetic_eval_size": 3,
+        "dataset_train_split": "train",
+    }
+    files = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"]
+    assert ARROW in manifest["files"]
+    for rel, sha in manifest["files"].items():
+        assert hashlib.sha256((built / rel).read_bytes()).hexdigest() == sha
+    assert dt.datetime.fromisoformat(manifest["created_utc"]).utcoffset() == dt.timedelta(0)
+    assert manifest["datasets_version"] == datasets.__version__
+    assert not list(built.parent.glob(".cache.tmp-*"))  # the temporary build folder was renamed into place
+
+
+def test_a_changed_byte_is_refused_naming_the_file(built, args):
+    data = bytearray((built / ARROW).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (built / ARROW).write_bytes(bytes(data))
+    with pytest.raises(
+        CacheError, match=rf"cache {re.escape(str(built))}: file {ARROW}: sha256 mismatch \(expected"
+    ):
+        load_cached_split(args, "dev", built)
+    # load_split refuses it too, and does not rebuild it silently.
+    manifest = (built / "manifest.json").read_text()
+    with pytest.raises(CacheError, match="sha256 mismatch.*rebuild: delete"):
+        load_split(
+            DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(built)}), "dev"
+        )
+    assert (built / ARROW).read_bytes() == bytes(data)
+    assert (built / "manifest.json").read_text() == manifest
+
+
+def test_a_deleted_or_extra_file_is_refused_naming_it(built, args):
+    (built / "train" / "state.json").unlink()
+    with pytest.raises(CacheError, match=r"file train/state\.json: missing"):
+        load_cached_split(args, "dev", built)
+    shutil.copy(built / "dev" / "state.json", built / "train" / "state.json")  # the wrong one: sha differs
+    with pytest.raises(CacheError, match=r"file train/state\.json: sha256 mismatch"):
+        load_cached_split(args, "train", built)
+
+
+def test_an_unlisted_data_file_is_refused(built, args):
+    (built / "dev" / "data-00001-of-00001.arrow").write_bytes(b"more rows")
+    with pytest.raises(
+        CacheError, match=r"file dev/data-00001-of-00001\.arrow: not listed in manifest\.json"
+    ):
+        load_cached_split(args, "dev", built)
+
+
+def test_other_settings_than_the_manifest_are_refused(built, args):
+    for change, name in (({"max_pixels": 1024}, "max_pixels"), ({"synthetic_seed": 1}, "synthetic_seed")):
+        other = DataArguments(**{**vars(args), **change})
+        with pytest.raises(CacheError, match=rf"file manifest\.json: settings differ .*{name}: cache"):
+            load_cached_split(other, "dev", built)
+
+
+def test_datasets_own_map_caches_next_to_the_files_are_tolerated(built, args):
+    ds = load_cached_split(args, "dev", built)
+    ds.map(lambda row: {"n": len(row["sentence"])})
+    assert list((built / "dev").glob("cache-*.arrow"))  # datasets wrote its map cache beside the split
+    assert len(load_cached_split(args, "dev", built)) == 3
+
+
+def test_missing_split_is_built_on_demand_and_kept_splits_are_untouched(tmp_path, args):
+    cache_dir = tmp_path / "cache"
+    build_cache(args, ["dev"], cache_dir)
+    dev_sha = json.loads((cache_dir / "manifest.json").read_text())["files"][ARROW]
+    cached = DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(cache_dir)})
+    assert len(load_split(cached, "train")) == 6
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["splits"] == {"dev": 3, "train": 6}
+    assert manifest["files"][ARROW] == dev_sha
+    with pytest.raises(CacheError, match=r"split 'test1' not in the cache \(it has \['dev', 'train'\]\)"):
+        load_cached_split(args, "test1", cache_dir)
+
+
+def test_a_partial_build_is_never_picked_up(tmp_path, args, built):
+    # A killed build leaves its temporary sibling folder: even a complete-looking one is ignored.
+    leftover = tmp_path / ".fresh.tmp-killed"
+    shutil.copytree(built, leftover)
+    cached = DataArguments(
+        **{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(tmp_path / "fresh")}
+    )
+    assert len(load_split(cached, "dev")) == 3
+    assert (tmp_path / "fresh" / "manifest.json").is_file()
+    assert leftover.is_dir()
+    # Data without a manifest (written last) is not a cache: refused, not completed or rebuilt.
+    (built / "manifest.json").unlink()
+    with pytest.raises(CacheError, match=r"file manifest\.json: missing: not a finished cache"):
+        load_cached_split(args, "dev", built)
+
+
+def test_a_failing_build_leaves_no_cache(tmp_path, args, monkeypatch):
+    def source_split(a, split):
+        if split == "dev":
+            raise RuntimeError("killed")
+        return synthetic_split(a, split)
+
+    monkeypatch.setattr(loading, "source_split", source_split)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_cache(args, ["train", "dev"], tmp_path / "cache")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_cache_dir_and_slugs(monkeypatch, tmp_path, args):
+    monkeypatch.setenv("VLM_STUDIES_ROOT", str(tmp_path / "root"))
+    assert artifact_root() == tmp_path / "root"
+    assert artifact_dir("datasets") == tmp_path / "root" / "datasets"
+    with pytest.raises(ValueError, match="unknown artifact kind"):
+        artifact_dir("misc")
+    assert resolve_cache_dir(args) == tmp_path / "root" / "datasets" / "synthetic-seed0"
+    assert cache_slug(DataArguments(dataset_source="hub")) == "hub-pingzhili__nlvr2"
+    (tmp_path / "nlvr2_data").mkdir()
+    assert cache_slug(DataArguments(dataset_source="nlvr2", dataset_path=str(tmp_path / "nlvr2_data"))) == (
+        "nlvr2-nlvr2_data"
+    )
+    assert cache_slug(DataArguments(dataset_source="jsonl", dataset_path=str(tmp_path / "mine.jsonl"))) == (
+        "jsonl-mine"
+    )
+    cached = DataArguments(**{**vars(args), "dataset_cached": True})
+    assert len(load_split(cached, "dev", limit=2)) == 2
+    assert (tmp_path / "root" / "datasets" / "synthetic-seed0" / "manifest.json").is_file()
+    monkeypatch.delenv("VLM_STUDIES_ROOT")
+    monkeypatch.chdir(tmp_path)
+    assert artifact_root() == tmp_path / "artifacts"

@@ -1,0 +1,1 @@
+"""Training: SFT entry point, model loading (quantization, PEFT, freezing), collators, run records."""

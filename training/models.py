@@ -1,0 +1,139 @@
+"""Loading a VLM and its processor for training or evaluation: quantization, pixel budget, freezing, LoRA targets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from trl import ModelConfig, get_peft_config
+
+logger = logging.getLogger(__name__)
+
+# LoRA on the language model's linear layers only (the vision tower stays frozen): Qwen2-VL module names.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VISION_MODULES = ("visual",)  # Qwen2-VL's vision tower (ViT + merger) attribute name
+
+
+@dataclass
+class LabModelArguments:
+    freeze_vision_tower: bool = field(
+        default=True, metadata={"help": "Keep the vision tower (ViT + merger) frozen in full fine-tuning."}
+    )
+    quantize_vision_tower: bool = field(
+        default=False,
+        metadata={"help": "Q-LoRA: also quantize the vision tower's linears (default: keep it in the compute dtype)."},
+    )
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The model is neither a local folder nor in the local hub cache while the hub is unreachable."""
+
+
+def _offline_hint(name: str, err: Exception) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"model {name!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]}). "
+        f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}. If the hub is unreachable, use a local folder or "
+        "the embedded default: python scripts/build_embedded_model.py, then model_name_or_path: "
+        "artifacts/models/embedded-qwen2vl."
+    )
+
+
+def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None):
+    """Set Qwen2-VL's resize bounds on the image processor itself (a call-time kwarg is easy to lose)."""
+    ip = processor.image_processor
+    if min_pixels is None and max_pixels is None:
+        return processor
+    size = dict(ip.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(f"min_pixels {size['shortest_edge']} > max_pixels {size['longest_edge']}")
+    ip.size = size
+    return processor
+
+
+def load_processor(path: str, revision: str | None = None, trust_remote_code: bool = False, min_pixels=None,
+                   max_pixels=None):
+    """AutoProcessor with the pixel budget applied."""
+    try:
+        processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise _offline_hint(path, e) from None
+    return set_pixel_budget(processor, min_pixels, max_pixels)
+
+
+def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) -> BitsAndBytesConfig | None:
+    """4-bit NF4 (double quantization, bf16 compute) when load_in_4bit; the vision tower skipped unless asked."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    compute = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.bfloat16
+    skip = [] if lab_args.quantize_vision_tower else list(VISION_MODULES)
+    return BitsAndBytesConfig(
+        load_in_4bit=model_args.load_in_4bit,
+        load_in_8bit=model_args.load_in_8bit,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=skip + ["lm_head"],
+    )
+
+
+def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = None):
+    """Load the VLM (optionally 4/8-bit) and freeze the vision tower when asked; trust_remote_code stays off by default."""
+    lab_args = lab_args or LabModelArguments()
+    qconfig = quantization_config(model_args, lab_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    kwargs = dict(
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+        use_safetensors=True,
+    )
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = _kbit_device_map()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except OSError as e:
+        raise _offline_hint(model_args.model_name_or_path, e) from None
+    if lab_args.freeze_vision_tower and not model_args.use_peft:
+        frozen = freeze(model, VISION_MODULES)
+        logger.info("froze %d vision-tower parameters", frozen)
+    return model
+
+
+def _kbit_device_map() -> dict:
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def freeze(model, prefixes: tuple[str, ...]) -> int:
+    """requires_grad=False on every parameter under a module named in `prefixes`; returns how many were frozen."""
+    n = 0
+    for name, param in model.named_parameters():
+        if any(f".{p}." in f".{name}" for p in prefixes):
+            param.requires_grad_(False)
+            n += param.numel()
+    return n
+
+
+def lora_config(model_args: ModelConfig) -> LoraConfig | None:
+    """TRL's LoRA config from ModelConfig, defaulting the targets to the language model's linears."""
+    if not model_args.use_peft:
+        return None
+    if model_args.lora_target_modules is None:
+        model_args.lora_target_modules = DEFAULT_LORA_TARGETS
+    return get_peft_config(model_args)
+
+
+def is_local_model(path: str) -> bool:
+    return Path(path).is_dir()

@@ -1,0 +1,1 @@
+"""Small shared helpers for scripts and libraries (artifact locations)."""

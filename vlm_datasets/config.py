@@ -1,0 +1,75 @@
+"""Data arguments shared by training and evaluation scripts (parsed by TrlParser from YAML + CLI)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+SOURCES = ("hub", "nlvr2", "jsonl", "synthetic")
+
+
+@dataclass
+class DataArguments:
+    dataset_source: str = field(
+        default="synthetic",
+        metadata={"help": "Where examples come from.", "choices": list(SOURCES)},
+    )
+    dataset_name: str = field(
+        default="pingzhili/nlvr2", metadata={"help": "Hub dataset id (dataset_source=hub)."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit, tag)."})
+    dataset_streaming: bool = field(
+        default=True, metadata={"help": "Hub source: stream (True) or download the split first (False)."}
+    )
+    dataset_column_map: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub/JSONL column names, as a mapping or JSON string: keys uid, sentence, label, images or "
+            "left_image + right_image. Mirrors of NLVR2 differ (identifier vs uid, ...)."
+        },
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "nlvr2: folder holding dev.json/test1.json/...; jsonl: the manifest file."},
+    )
+    dataset_image_dir: str | None = field(
+        default=None,
+        metadata={"help": "nlvr2: image folder (official names, split subfolders allowed); default dataset_path/images."},
+    )
+    dataset_cached: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the split from a local cache (Arrow + manifest.json, verified), building it from the source "
+            "on first use; False reads the source directly (streaming for the hub)."
+        },
+    )
+    dataset_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cache folder; default <artifact root>/datasets/<source slug>."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    dataset_eval_split: str = field(default="dev", metadata={"help": "Split used for evaluation."})
+    max_train_examples: int | None = field(default=None, metadata={"help": "Cap on training examples."})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "Cap on evaluation examples."})
+    synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic source: examples in train."})
+    synthetic_eval_size: int = field(default=512, metadata={"help": "Synthetic source: examples in other splits."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Synthetic source: generator seed."})
+    prompt_template: str = field(
+        default="nlvr2_true_false", metadata={"help": "Prompt template name (vlm_datasets.prompts.TEMPLATES)."}
+    )
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "Image processor min pixels per image (None: the processor's own)."}
+    )
+    max_pixels: int | None = field(
+        default=None,
+        metadata={"help": "Image processor max pixels per image. Set it for Qwen2-VL: the hub default allows 16k tokens."},
+    )
+
+    def __post_init__(self):
+        if self.dataset_source not in SOURCES:
+            raise ValueError(f"dataset_source {self.dataset_source!r} unknown; choose one of {list(SOURCES)}")
+        if isinstance(self.dataset_column_map, str):
+            try:
+                self.dataset_column_map = json.loads(self.dataset_column_map)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"dataset_column_map is not valid JSON: {e}") from None

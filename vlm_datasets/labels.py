@@ -1,0 +1,64 @@
+"""Parsing of NLVR2 labels, identifiers and model answers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from vlm_datasets.errors import DataError
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+_UID_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<set_id>\d+)-(?P<pair_id>\d+)-(?P<sentence_id>\d+)$")
+
+
+def parse_label(value, uid: str = "?") -> bool | None:
+    """bool | "True"/"false"/"yes"/"1" | 0/1 -> bool; None stays None (unlabeled). Anything else: DataError."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise DataError(f"uid {uid}", f"unparseable label {value!r} (expected True/False, yes/no or 1/0)")
+
+
+@dataclass(frozen=True)
+class Identifier:
+    """`split-set_id-pair_id-sentence_id`, e.g. dev-850-0-0."""
+
+    split: str
+    set_id: int
+    pair_id: int
+    sentence_id: int
+
+    @property
+    def consistency_group(self) -> str:
+        """NLVR2's consistency group: the identifier with the pair_id removed."""
+        return f"{self.split}-{self.set_id}-{self.sentence_id}"
+
+    def image_stem(self, index: int) -> str:
+        """Official image file stem: dev-850-0-0 -> dev-850-0-img0 (the sentence id is dropped)."""
+        return f"{self.split}-{self.set_id}-{self.pair_id}-img{index}"
+
+
+def parse_identifier(uid: str) -> Identifier:
+    m = _UID_RE.match(uid)
+    if not m:
+        raise DataError(f"uid {uid!r}", "not an NLVR2 identifier of the form split-set_id-pair_id-sentence_id")
+    return Identifier(m["split"], int(m["set_id"]), int(m["pair_id"]), int(m["sentence_id"]))
+
+
+_ANSWER_RE = re.compile(r"\b(true|false|yes|no)\b", re.IGNORECASE)
+
+
+def parse_answer(text: str) -> bool | None:
+    """A generated answer -> bool, or None when it says neither (or both) True and False."""
+    found = {m.group(1).lower() in ("true", "yes") for m in _ANSWER_RE.finditer(text)}
+    return found.pop() if len(found) == 1 else None

@@ -1,0 +1,76 @@
+"""The single entry point for data: `load_split(args, split)` dispatches on the source and cached mode."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+import datasets
+
+from vlm_datasets.cache import NotCachedError, build_cache, load_cached_split, resolve_cache_dir
+from vlm_datasets.config import DataArguments
+from vlm_datasets.example import Example, row_to_example
+from vlm_datasets.hub import hub_split
+from vlm_datasets.manifest import jsonl_split
+from vlm_datasets.nlvr2_official import nlvr2_split
+from vlm_datasets.synthetic_source import synthetic_split
+
+logger = logging.getLogger(__name__)
+
+SplitReader = Callable[[DataArguments, str], datasets.Dataset | datasets.IterableDataset]
+READERS: dict[str, SplitReader] = {
+    "hub": hub_split,
+    "nlvr2": nlvr2_split,
+    "jsonl": jsonl_split,
+    "synthetic": synthetic_split,
+}
+
+
+def source_split(args: DataArguments, split: str) -> datasets.Dataset | datasets.IterableDataset:
+    """One split read straight from args.dataset_source (no dataset cache)."""
+    if args.dataset_source not in READERS:
+        raise ValueError(f"dataset_source {args.dataset_source!r} unknown; choose one of {list(READERS)}")
+    return READERS[args.dataset_source](args, split)
+
+
+def cached_split(args: DataArguments, split: str) -> datasets.Dataset:
+    """The split from the verified cache; built (or extended by this split) first when absent from it."""
+    cache_dir = resolve_cache_dir(args)
+    try:
+        return load_cached_split(args, split, cache_dir)  # any other CacheError (a bad cache) propagates
+    except NotCachedError:
+        logger.info(
+            "dataset cache %s: no split %r yet, building it from the source (first use)", cache_dir, split
+        )
+    build_cache(args, [split], cache_dir)
+    return load_cached_split(args, split, cache_dir)
+
+
+def load_split(
+    args: DataArguments, split: str, limit: int | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """Canonical rows of one split (CANONICAL_FEATURES) from the configured source; at most `limit` rows."""
+    ds = cached_split(args, split) if args.dataset_cached else source_split(args, split)
+    if limit is None:
+        return ds
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.take(limit)
+    return ds.select(range(min(limit, len(ds))))
+
+
+def iter_examples(ds: Iterable[dict]) -> Iterator[Example]:
+    """Canonical examples from the rows of a split (any iterable of canonical rows)."""
+    for row in ds:
+        yield row_to_example(row)
+
+
+def dataset_manifest(args: DataArguments, split: str) -> dict:
+    """What a run records about its data: the source settings, and the verified cache manifest in cached mode."""
+    from vlm_datasets.cache import cache_settings, verify_cache
+
+    record = {"source": args.dataset_source, "split": split, "settings": cache_settings(args)}
+    if args.dataset_cached:
+        cache_dir = resolve_cache_dir(args)
+        record["cache_dir"] = str(cache_dir)
+        record["cache_manifest"] = verify_cache(args, cache_dir)
+    return record

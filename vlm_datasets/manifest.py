@@ -1,0 +1,175 @@
+"""Generic local JSONL manifest source (uid, images, sentence, label, extras -> meta), plus the helpers that
+the local sources share: record -> canonical example, and content-fingerprinted Arrow materialization."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.exceptions import DatasetGenerationError
+
+from vlm_datasets.config import DataArguments
+from vlm_datasets.errors import DataError
+from vlm_datasets.example import CANONICAL_FEATURES, Example
+from vlm_datasets.images import open_image
+from vlm_datasets.labels import parse_label
+
+# Keys a dataset_column_map may hold (hub and JSONL): images is one list column, or left_image + right_image.
+COLUMN_MAP_KEYS = ("uid", "sentence", "label", "images", "left_image", "right_image")
+# Bump when the rows a local source produces change, so fingerprinted Arrow caches are not reused.
+_ROWS_VERSION = "1"
+
+
+def check_column_map(column_map: dict | None) -> dict[str, Any]:
+    """Validate a dataset_column_map: known keys only; images and left_image/right_image are exclusive."""
+    mapping = dict(column_map or {})
+    unknown = set(mapping) - set(COLUMN_MAP_KEYS)
+    if unknown:
+        raise ValueError(
+            f"dataset_column_map: unknown keys {sorted(unknown)}; known: {list(COLUMN_MAP_KEYS)}"
+        )
+    pair = [k for k in ("left_image", "right_image") if k in mapping]
+    if pair and "images" in mapping:
+        raise ValueError("dataset_column_map: give either 'images' or 'left_image' + 'right_image', not both")
+    if len(pair) == 1:
+        raise ValueError("dataset_column_map: 'left_image' and 'right_image' go together")
+    return mapping
+
+
+@dataclass(frozen=True)
+class LocalItem:
+    """One checked annotation record whose image files exist; `to_example` opens the images."""
+
+    uid: str
+    paths: list[Path]
+    names: list[str]  # as recorded in meta["image_files"]
+    sentence: str
+    label: bool | None
+    meta: dict[str, Any]
+
+    def to_example(self) -> Example:
+        """Open the images by content (errors name the uid and file); meta gains image files and sizes."""
+        images = [open_image(p, where=f"uid {self.uid}, image {p}") for p in self.paths]
+        meta = {**self.meta, "image_files": self.names, "image_sizes": [list(im.size) for im in images]}
+        return Example(uid=self.uid, images=images, sentence=self.sentence, label=self.label, meta=meta)
+
+
+def content_fingerprint(kind: str, text_file: Path, image_paths: Iterable[Path]) -> str:
+    """sha256 of the annotation file's bytes and each image's path, size and mtime: changes when files do."""
+    h = hashlib.sha256(f"{kind}:{_ROWS_VERSION}:{text_file.resolve()}\n".encode())
+    with open(text_file, "rb") as f:
+        h.update(hashlib.file_digest(f, "sha256").digest())
+    for p in image_paths:
+        st = os.stat(p)
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def dataset_from_examples(
+    make_examples: Callable[[], Iterator[Example]], fingerprint: str, split: str
+) -> datasets.Dataset:
+    """Write examples to Arrow with `Dataset.from_generator`, streamed to disk (never a split in memory).
+
+    from_generator reuses its cache by fingerprint; ours hashes the input files' contents and stats, so a
+    changed file gives a fresh build while unchanged files reuse the Arrow files.
+    """
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for ex in make_examples():
+            yield ex.to_row()
+
+    fingerprint = hashlib.sha256(f"{fingerprint}:{split}".encode()).hexdigest()  # one file, several splits
+    try:
+        return datasets.Dataset.from_generator(
+            rows, features=CANONICAL_FEATURES, fingerprint=fingerprint, split=datasets.NamedSplit(split)
+        )
+    except DatasetGenerationError as e:  # datasets wraps errors raised in the generator: surface ours as is
+        if isinstance(e.__cause__, DataError):
+            raise e.__cause__ from None
+        raise
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ("<path> line <n>", record) per non-blank line; malformed JSON or a non-object is a DataError."""
+    if not path.is_file():
+        raise DataError(str(path), "file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(where, f"malformed JSON: {e}") from None
+            if not isinstance(record, dict):
+                raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def _require(record: dict[str, Any], key: str, where: str) -> Any:
+    if record.get(key) is None:
+        raise DataError(where, f"missing field {key!r}")
+    return record[key]
+
+
+def _manifest_items(path: Path, column_map: dict | None) -> list[LocalItem]:
+    """Parse and check every line (fields, label, images exist) before any image is opened."""
+    keys = {"uid": "uid", "sentence": "sentence", "label": "label", "images": "images"}
+    keys.update(check_column_map(column_map))
+    pair = (keys["left_image"], keys["right_image"]) if "left_image" in keys else None
+    used = {keys["uid"], keys["sentence"], keys["label"], *(pair or (keys["images"],))}
+    items, seen = [], {}
+    for where, rec in read_jsonl(path):
+        uid = str(_require(rec, keys["uid"], where))
+        where = f"{where} (uid {uid})"
+        if uid in seen:
+            raise DataError(where, f"duplicate uid (first at {seen[uid]})")
+        seen[uid] = where
+        sentence = _require(rec, keys["sentence"], where)
+        if not isinstance(sentence, str):
+            raise DataError(where, f"field {keys['sentence']!r} must be a string")
+        label = parse_label(rec.get(keys["label"]), uid)
+        names = [_require(rec, k, where) for k in pair] if pair else _require(rec, keys["images"], where)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise DataError(where, f"field {keys['images']!r} must be a non-empty list of image paths")
+        paths = [Path(n) if Path(n).is_absolute() else path.parent / n for n in names]
+        for p in paths:
+            if not p.is_file():
+                raise DataError(where, f"image not found: {p}")
+        meta = {k: v for k, v in rec.items() if k not in used}
+        items.append(LocalItem(uid, paths, names, sentence, label, meta))
+    return items
+
+
+def iter_manifest(path: str | Path, column_map: dict | None = None) -> Iterator[Example]:
+    """Canonical examples from a JSONL manifest (image paths relative to its folder, or absolute)."""
+    for item in _manifest_items(Path(path), column_map):
+        yield item.to_example()
+
+
+def manifest_path(args: DataArguments, split: str) -> Path:
+    """args.dataset_path is one manifest used for every split, or a folder holding <split>.jsonl."""
+    if not args.dataset_path:
+        raise ValueError(
+            "dataset_source=jsonl needs dataset_path (a .jsonl manifest or a folder of <split>.jsonl)"
+        )
+    root = Path(args.dataset_path)
+    path = root / f"{split}.jsonl" if root.is_dir() else root
+    if not path.is_file():
+        raise DataError(str(path), f"manifest for split {split!r} not found")
+    return path
+
+
+def jsonl_split(args: DataArguments, split: str) -> datasets.Dataset:
+    """The JSONL manifest source as an Arrow dataset in CANONICAL_FEATURES."""
+    path = manifest_path(args, split)
+    items = _manifest_items(path, args.dataset_column_map)
+    fingerprint = content_fingerprint("jsonl", path, [p for it in items for p in it.paths])
+    return dataset_from_examples(lambda: (it.to_example() for it in items), fingerprint, split)

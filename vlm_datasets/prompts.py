@@ -1,0 +1,57 @@
+"""Named prompt templates: a canonical example -> TRL's conversational prompt/completion row.
+
+The template name and text are recorded with every run (training and evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vlm_datasets.example import Example
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    question: str  # appended after the statement
+    answers: tuple[str, str] = ("True", "False")  # (answer when label is True, answer when False)
+
+    def user_text(self, sentence: str) -> str:
+        return f"{sentence}\n{self.question}"
+
+    def answer(self, label: bool) -> str:
+        return self.answers[0] if label else self.answers[1]
+
+
+TEMPLATES = {
+    t.name: t
+    for t in (
+        PromptTemplate("nlvr2_true_false", "Is the statement true or false about the two images? Answer True or False."),
+        PromptTemplate("nlvr2_short", "True or False?"),
+        PromptTemplate("nlvr2_yes_no", "Is the statement correct? Answer yes or no.", answers=("yes", "no")),
+    )
+}
+
+
+def get_template(name: str) -> PromptTemplate:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def user_message(num_images: int, text: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": text}]}
+
+
+def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any]:
+    """{"uid", "images", "prompt": [user turn], "completion": [assistant turn]} (no completion when unlabeled)."""
+    row = {
+        "uid": example.uid,
+        "images": example.images,
+        "prompt": [user_message(len(example.images), template.user_text(example.sentence))],
+    }
+    if example.label is not None:
+        answer = template.answer(example.label)
+        row["completion"] = [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return row

@@ -1,0 +1,345 @@
+"""Synthetic NLVR-style data, deterministic by seed: the embedded default dataset.
+
+Each image is a grid of cells (28 px, one Qwen2-VL vision token each) holding coloured shapes. A sentence is a
+predicate over the image pair whose truth is computed, written once and judged on `pairs_per_sentence` image
+pairs with balanced labels, so uids and consistency groups follow NLVR2 (`split-set_id-pair_id-sentence_id`).
+Categories mirror NLVR2's linguistic phenomena. `pretraining_rows` yields other tasks over the same scenes
+(descriptions, counting, yes/no questions) used to give the embedded base model visual features.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+from vlm_datasets.example import Example
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (225, 195, 20)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = ("small", "large")
+CATEGORIES = (
+    "existential quantifier",
+    "hard cardinality",
+    "soft cardinality",
+    "comparison",
+    "spatial relation",
+    "negation",
+    "universal quantifier",
+    "coordination",
+)
+CELL = 28  # pixels per cell: one Qwen2-VL vision token (patch 14, 2x2 merge)
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SIDES = ("left", "right")
+
+
+@dataclass(frozen=True)
+class Obj:
+    row: int
+    col: int
+    color: str
+    shape: str
+    size: str
+
+
+Scene = tuple[Obj, ...]
+Pair = tuple[Scene, Scene]  # (left, right)
+
+
+@dataclass
+class Statement:
+    text: str
+    category: str
+    holds: Callable[[Pair], bool]
+
+
+def _noun(color: str | None, shape: str | None, plural: bool, size: str | None = None) -> str:
+    words = [w for w in (size, color) if w]
+    noun = shape or "object"
+    words.append(noun + ("s" if plural else ""))
+    return " ".join(words)
+
+
+def _count(scene: Scene, color=None, shape=None, size=None) -> int:
+    return sum(
+        (color is None or o.color == color) and (shape is None or o.shape == shape) and (size is None or o.size == size)
+        for o in scene
+    )
+
+
+def random_scene(rng: random.Random, grid: int, max_objects: int) -> Scene:
+    n = rng.randint(1, max_objects)
+    cells = rng.sample([(r, c) for r in range(grid) for c in range(grid)], n)
+    objs = [Obj(r, c, rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(SIZES)) for r, c in sorted(cells)]
+    return tuple(objs)
+
+
+def render(scene: Scene, grid: int, rng: random.Random) -> Image.Image:
+    """Draw a scene as an RGB image of grid*28 pixels a side (small positional jitter, deterministic by rng)."""
+    side = grid * CELL
+    img = Image.new("RGB", (side, side), (245, 245, 240))
+    draw = ImageDraw.Draw(img)
+    for o in scene:
+        half = 11 if o.size == "large" else 6
+        cx = o.col * CELL + CELL // 2 + rng.randint(-1, 1)
+        cy = o.row * CELL + CELL // 2 + rng.randint(-1, 1)
+        box = (cx - half, cy - half, cx + half, cy + half)
+        fill = COLORS[o.color]
+        if o.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    return img
+
+
+# ---- statements, one sampler per category; attributes are drawn from the scene half of the time ----------------
+
+
+def _attrs(rng: random.Random, scene: Scene, want_color=True, want_shape=True):
+    if scene and rng.random() < 0.6:
+        o = rng.choice(scene)
+        color, shape = o.color, o.shape
+    else:
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    if want_color and want_shape:
+        mode = rng.choice(("color", "shape", "both"))
+        return (color if mode != "shape" else None), (shape if mode != "color" else None)
+    return (color if want_color else None), (shape if want_shape else None)
+
+
+def _existential(rng, pair):
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s])
+    if rng.random() < 0.5:
+        art = "an" if (color or shape or "o")[0] in "aeiou" else "a"
+        text = f"There is {art} {_noun(color, shape, False)} in the {SIDES[s]} image."
+        return text, lambda p: _count(p[s], color, shape) > 0
+    text = f"At least one of the images contains a {_noun(color, shape, False)}."
+    return text, lambda p: _count(p[0], color, shape) + _count(p[1], color, shape) > 0
+
+
+def _hard_cardinality(rng, pair):
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s])
+    n = max(1, _count(pair[s], color, shape) + rng.choice((-1, 0, 0, 1)))
+    text = f"The {SIDES[s]} image contains exactly {NUMBERS[n]} {_noun(color, shape, n != 1)}."
+    return text, lambda p: _count(p[s], color, shape) == n
+
+
+def _soft_cardinality(rng, pair):
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s])
+    n = rng.randint(1, 3)
+    if rng.random() < 0.5:
+        text = f"The {SIDES[s]} image contains at least {NUMBERS[n]} {_noun(color, shape, n != 1)}."
+        return text, lambda p: _count(p[s], color, shape) >= n
+    text = f"The {SIDES[s]} image contains at most {NUMBERS[n]} {_noun(color, shape, n != 1)}."
+    return text, lambda p: _count(p[s], color, shape) <= n
+
+
+def _comparison(rng, pair):
+    color, shape = _attrs(rng, pair[0] + pair[1])
+    noun = _noun(color, shape, True)
+    kind = rng.choice(("more", "fewer", "same"))
+    if kind == "more":
+        return f"The left image contains more {noun} than the right image.", lambda p: _count(
+            p[0], color, shape
+        ) > _count(p[1], color, shape)
+    if kind == "fewer":
+        return f"The left image contains fewer {noun} than the right image.", lambda p: _count(
+            p[0], color, shape
+        ) < _count(p[1], color, shape)
+    return f"Both images contain the same number of {noun}.", lambda p: _count(p[0], color, shape) == _count(
+        p[1], color, shape
+    )
+
+
+_RELATIONS = {
+    "to the left of": lambda a, b: a.col < b.col,
+    "to the right of": lambda a, b: a.col > b.col,
+    "above": lambda a, b: a.row < b.row,
+    "below": lambda a, b: a.row > b.row,
+}
+
+
+def _spatial(rng, pair):
+    s = rng.randrange(2)
+    c1, s1 = _attrs(rng, pair[s], want_color=True, want_shape=True)
+    c2, s2 = _attrs(rng, pair[s], want_color=True, want_shape=True)
+    rel_name = rng.choice(list(_RELATIONS))
+    rel = _RELATIONS[rel_name]
+
+    def holds(p):
+        scene = p[s]
+        firsts = [o for o in scene if (c1 is None or o.color == c1) and (s1 is None or o.shape == s1)]
+        seconds = [o for o in scene if (c2 is None or o.color == c2) and (s2 is None or o.shape == s2)]
+        return any(rel(a, b) for a in firsts for b in seconds if a is not b)
+
+    text = f"In the {SIDES[s]} image, a {_noun(c1, s1, False)} is {rel_name} a {_noun(c2, s2, False)}."
+    return text, holds
+
+
+def _negation(rng, pair):
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s])
+    if rng.random() < 0.5:
+        return f"The {SIDES[s]} image does not contain any {_noun(color, shape, True)}.", lambda p: _count(
+            p[s], color, shape
+        ) == 0
+    return f"Neither image contains a {_noun(color, shape, False)}.", lambda p: _count(
+        p[0], color, shape
+    ) + _count(p[1], color, shape) == 0
+
+
+def _universal(rng, pair):
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s], want_color=True, want_shape=True)
+    mode = rng.choice(("color", "shape"))
+    if mode == "color":
+        color = color or rng.choice(list(COLORS))
+        return f"All objects in the {SIDES[s]} image are {color}.", lambda p: all(o.color == color for o in p[s])
+    shape = shape or rng.choice(SHAPES)
+    return f"Every object in the {SIDES[s]} image is a {shape}.", lambda p: all(o.shape == shape for o in p[s])
+
+
+def _coordination(rng, pair):
+    c1, s1 = _attrs(rng, pair[0])
+    c2, s2 = _attrs(rng, pair[1])
+    if rng.random() < 0.6:
+        text = (
+            f"The left image contains a {_noun(c1, s1, False)} and the right image contains a "
+            f"{_noun(c2, s2, False)}."
+        )
+        return text, lambda p: _count(p[0], c1, s1) > 0 and _count(p[1], c2, s2) > 0
+    text = f"The left image contains a {_noun(c1, s1, False)} or the right image contains a {_noun(c2, s2, False)}."
+    return text, lambda p: _count(p[0], c1, s1) > 0 or _count(p[1], c2, s2) > 0
+
+
+_SAMPLERS = dict(
+    zip(
+        CATEGORIES,
+        (
+            _existential,
+            _hard_cardinality,
+            _soft_cardinality,
+            _comparison,
+            _spatial,
+            _negation,
+            _universal,
+            _coordination,
+        ),
+        strict=True,
+    )
+)
+
+
+@dataclass
+class SyntheticConfig:
+    grid: int = 3
+    max_objects: int = 4
+    pairs_per_sentence: int = 4
+    categories: tuple[str, ...] = CATEGORIES
+    max_tries: int = 2000
+
+
+def _scene_json(scene: Scene) -> list[dict]:
+    return [o.__dict__ for o in scene]
+
+
+def generate(
+    split: str, num_examples: int, seed: int, config: SyntheticConfig | None = None
+) -> Iterator[Example]:
+    """Yield `num_examples` canonical examples with balanced labels; uids `syn_{split}-{set}-{pair}-0`."""
+    cfg = config or SyntheticConfig()
+    unknown = set(cfg.categories) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown synthetic categories {sorted(unknown)}; known: {list(CATEGORIES)}")
+    rng = random.Random(f"{seed}-{split}")
+    produced, set_id = 0, 0
+    while produced < num_examples:
+        category = cfg.categories[set_id % len(cfg.categories)]
+        first = (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
+        text, holds = _SAMPLERS[category](rng, first)
+        wanted = [True, False] * ((cfg.pairs_per_sentence + 1) // 2)
+        wanted = wanted[: cfg.pairs_per_sentence]
+        rng.shuffle(wanted)
+        pairs = []
+        for want in wanted:
+            for _ in range(cfg.max_tries):
+                pair = first if not pairs and holds(first) == want else None
+                if pair is None:
+                    pair = (
+                        random_scene(rng, cfg.grid, cfg.max_objects),
+                        random_scene(rng, cfg.grid, cfg.max_objects),
+                    )
+                if holds(pair) == want:
+                    pairs.append((pair, want))
+                    break
+        if len(pairs) < len(wanted):  # a sentence too rare to balance: draw another
+            set_id += 1
+            continue
+        for pair_id, (pair, label) in enumerate(pairs):
+            if produced >= num_examples:
+                break
+            images = [render(scene, cfg.grid, rng) for scene in pair]
+            yield Example(
+                uid=f"syn_{split}-{set_id}-{pair_id}-0",
+                images=images,
+                sentence=text,
+                label=label,
+                meta={
+                    "source": "synthetic",
+                    "seed": seed,
+                    "category": category,
+                    "scenes": [_scene_json(s) for s in pair],
+                    "image_sizes": [list(im.size) for im in images],
+                },
+            )
+            produced += 1
+        set_id += 1
+
+
+# ---- other tasks over the same scenes, for pretraining the embedded base -----------------------------------------
+
+_POSITIONS = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
+
+
+def describe(scene: Scene, grid: int) -> str:
+    """E.g. 'top left: large red circle. center: small blue square.' (row-major order)."""
+    parts = []
+    for o in scene:
+        pos = _POSITIONS[o.row][o.col] if grid == 3 else f"row {o.row} column {o.col}"
+        parts.append(f"{pos}: {o.size} {o.color} {o.shape}.")
+    return " ".join(parts)
+
+
+def pretraining_rows(num_rows: int, seed: int, config: SyntheticConfig | None = None) -> Iterator[dict]:
+    """Yield {"images": [left, right], "question": str, "answer": str} rows of description and QA tasks."""
+    cfg = config or SyntheticConfig()
+    rng = random.Random(f"pretrain-{seed}")
+    for _ in range(num_rows):
+        pair = (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
+        s = rng.randrange(2)
+        task = rng.random()
+        color, shape = _attrs(rng, pair[s])
+        n = _count(pair[s], color, shape)
+        if task < 0.2:
+            question, answer = f"Describe the {SIDES[s]} image.", describe(pair[s], cfg.grid)
+        elif task < 0.5:
+            question = f"How many {_noun(color, shape, True)} are in the {SIDES[s]} image?"
+            answer = NUMBERS[n]
+        elif task < 0.75:
+            question = f"Is there a {_noun(color, shape, False)} in the {SIDES[s]} image?"
+            answer = "yes" if n else "no"
+        else:
+            question = f"True or false: the {SIDES[s]} image contains a {_noun(color, shape, False)}."
+            answer = "True" if n else "False"
+        yield {"images": [render(scene, cfg.grid, rng) for scene in pair], "question": question, "answer": answer}

@@ -1,0 +1,19 @@
+"""Synthetic source: the embedded, seed-deterministic default dataset as a canonical Arrow split."""
+
+from __future__ import annotations
+
+import datasets
+
+from vlm_datasets.config import DataArguments
+from vlm_datasets.example import examples_to_dataset
+from vlm_datasets.synthetic import generate
+
+
+def synthetic_size(args: DataArguments, split: str) -> int:
+    """synthetic_train_size for the training split, synthetic_eval_size for any other."""
+    return args.synthetic_train_size if split == args.dataset_train_split else args.synthetic_eval_size
+
+
+def synthetic_split(args: DataArguments, split: str) -> datasets.Dataset:
+    """`synthetic.generate(split, size, args.synthetic_seed)` in CANONICAL_FEATURES, built in memory."""
+    return examples_to_dataset(generate(split, synthetic_size(args, split), args.synthetic_seed), split=split)
