@@ -41,13 +41,18 @@ class EvalArguments:
     batch_size: int = field(default=32, metadata={"help": "Examples per forward pass."})
     max_new_tokens: int = field(default=8, metadata={"help": "Generation scoring: new tokens per answer."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run model code shipped with a hub repo (off: installed transformers only)."}
+    )
 
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def load_for_eval(eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig):
+def load_for_eval(
+    eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig, lab_args: LabModelArguments
+):
     """Base model (+ adapter) in eval mode and the processor (the adapter run's own processor when it saved one)."""
     processor_path = model_args.model_name_or_path
     if eval_args.adapter_path and (Path(eval_args.adapter_path) / "processor_config.json").exists():
@@ -55,12 +60,12 @@ def load_for_eval(eval_args: EvalArguments, data_args: DataArguments, model_args
     processor = load_processor(
         processor_path,
         revision=None if processor_path == eval_args.adapter_path else model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=eval_args.trust_remote_code,
         min_pixels=data_args.min_pixels,
         max_pixels=data_args.max_pixels,
     )
     model_args.use_peft = False  # evaluation never creates a fresh adapter
-    model = load_model(model_args, LabModelArguments())
+    model = load_model(model_args, lab_args, trust_remote_code=eval_args.trust_remote_code)
     if eval_args.adapter_path:
         from peft import PeftModel
 
@@ -90,12 +95,18 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
-def run_evaluation(eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig) -> dict:
+def run_evaluation(
+    eval_args: EvalArguments,
+    data_args: DataArguments,
+    model_args: ModelConfig,
+    lab_args: LabModelArguments | None = None,
+) -> dict:
     """Score every example of the eval split, write predictions.jsonl (by uid) and metrics.json; return metrics."""
     set_seed(eval_args.seed)
     start = time.time()
     template = get_template(data_args.prompt_template)
-    model, processor = load_for_eval(eval_args, data_args, model_args)
+    lab_args = lab_args or LabModelArguments()
+    model, processor = load_for_eval(eval_args, data_args, model_args, lab_args)
     split = data_args.dataset_eval_split
     examples = list(iter_examples(load_split(data_args, split, limit=data_args.max_eval_examples)))
     seen = set()
@@ -150,7 +161,7 @@ def run_evaluation(eval_args: EvalArguments, data_args: DataArguments, model_arg
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_run_record(
         out_dir,
-        (eval_args, data_args, model_args),
+        (eval_args, data_args, model_args, lab_args),
         template,
         dataset_manifest(data_args, split),
         eval_args.seed,

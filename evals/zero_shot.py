@@ -18,17 +18,23 @@ import logging
 from trl import ModelConfig, TrlParser
 
 from evals.evaluate import EvalArguments, run_evaluation
+from training.models import LabModelArguments
 from vlm_datasets.config import DataArguments
 
 
-def main(eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig) -> dict:
+def main(
+    eval_args: EvalArguments,
+    data_args: DataArguments,
+    model_args: ModelConfig,
+    lab_args: LabModelArguments | None = None,
+) -> dict:
     if eval_args.adapter_path:
         raise ValueError("zero-shot evaluation takes no adapter_path; use evals/finetuned.py")
-    return run_evaluation(eval_args, data_args, model_args)
+    return run_evaluation(eval_args, data_args, model_args, lab_args)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((EvalArguments, DataArguments, ModelConfig))
+    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
     metrics = main(*parser.parse_args_and_config())
     print(json.dumps(metrics, indent=2))

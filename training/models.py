@@ -85,7 +85,7 @@ def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) ->
     )
 
 
-def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = None):
+def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = None, trust_remote_code: bool = False):
     """Load the VLM (optionally 4/8-bit) and freeze the vision tower when asked; trust_remote_code stays off by default."""
     lab_args = lab_args or LabModelArguments()
     qconfig = quantization_config(model_args, lab_args)
@@ -94,7 +94,7 @@ def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = Non
         revision=model_args.model_revision,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=trust_remote_code,
         use_safetensors=True,
     )
     if qconfig is not None:

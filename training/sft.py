@@ -42,11 +42,11 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelCo
     processor = load_processor(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
         min_pixels=data_args.min_pixels,
         max_pixels=data_args.max_pixels,
     )
-    model = load_model(model_args, lab_args)
+    model = load_model(model_args, lab_args, trust_remote_code=training_args.trust_remote_code)
 
     # Dataset: canonical examples; the collator renders them with the template (images decoded once per batch)
     train_dataset = load_split(data_args, data_args.dataset_train_split, limit=data_args.max_train_examples)
