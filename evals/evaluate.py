@@ -1,4 +1,4 @@
-"""Evaluation of a base model or base + adapter on an NLVR2-style split: predictions.jsonl keyed by uid + metrics.json."""
+"""Evaluation of a base model or base + adapter on an NLVR2-style split: predictions.jsonl by uid + metrics.json."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EvalArguments:
-    output_dir: str = field(default="artifacts/evals/run", metadata={"help": "Where predictions.jsonl and metrics.json go."})
+    output_dir: str = field(
+        default="artifacts/evals/run", metadata={"help": "Where predictions.jsonl and metrics.json go."}
+    )
     adapter_path: str | None = field(
         default=None, metadata={"help": "PEFT adapter (a training run directory) to apply on the base model."}
     )
@@ -42,7 +44,8 @@ class EvalArguments:
     max_new_tokens: int = field(default=8, metadata={"help": "Generation scoring: new tokens per answer."})
     seed: int = field(default=0, metadata={"help": "Random seed."})
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run model code shipped with a hub repo (off: installed transformers only)."}
+        default=False,
+        metadata={"help": "Run model code shipped with a hub repo (off: installed transformers only)."},
     )
 
 

@@ -79,7 +79,9 @@ def _parse_with_template(text: str, template: PromptTemplate) -> bool | None:
 
 def batches_by_length(examples: list[Example], batch_size: int) -> Iterator[list[Example]]:
     """Batches of similar sentence length (less padding); order within the run is restored by uid."""
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].sentence), sum(
-        im.size[0] * im.size[1] for im in examples[i].images)))
+    order = sorted(
+        range(len(examples)),
+        key=lambda i: (len(examples[i].sentence), sum(im.size[0] * im.size[1] for im in examples[i].images)),
+    )
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start : start + batch_size]]

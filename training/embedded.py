@@ -57,6 +57,9 @@ TEXT_CONFIG = dict(
     # head_dim 32 -> mrope sections must sum to 16 (the 2B model: [16, 24, 24] for head_dim 128)
     rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
     tie_word_embeddings=True,
+    # The 2B model's 0.02 leaves a 128-wide model from scratch on a long plateau before it learns to look up the
+    # statement's words in the image tokens; 0.1 learns that lookup in ~100 steps (measured on this CPU).
+    initializer_range=0.1,
 )
 VISION_CONFIG = dict(
     depth=4,

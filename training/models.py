@@ -59,8 +59,9 @@ def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None):
     return processor
 
 
-def load_processor(path: str, revision: str | None = None, trust_remote_code: bool = False, min_pixels=None,
-                   max_pixels=None):
+def load_processor(
+    path: str, revision: str | None = None, trust_remote_code: bool = False, min_pixels=None, max_pixels=None
+):
     """AutoProcessor with the pixel budget applied."""
     try:
         processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
@@ -86,7 +87,7 @@ def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) ->
 
 
 def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = None, trust_remote_code: bool = False):
-    """Load the VLM (optionally 4/8-bit) and freeze the vision tower when asked; trust_remote_code stays off by default."""
+    """Load the VLM (optionally 4/8-bit), freezing the vision tower when asked; remote code runs only if allowed."""
     lab_args = lab_args or LabModelArguments()
     qconfig = quantization_config(model_args, lab_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)

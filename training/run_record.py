@@ -11,7 +11,17 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "torchvision", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "pillow")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "trl",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "pillow",
+)
 _SECRET = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 
 
@@ -68,7 +78,11 @@ def write_run_record(
         "kind": kind,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
-        "prompt_template": {"name": template.name, "question": template.question, "answers": list(template.answers)},
+        "prompt_template": {
+            "name": template.name,
+            "question": template.question,
+            "answers": list(template.answers),
+        },
         "dataset": dataset_manifest,
         "config": config_dict(*args_objects),
         "versions": library_versions(),

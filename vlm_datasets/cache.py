@@ -67,6 +67,7 @@ def cache_settings(args: DataArguments) -> dict[str, Any]:
     else:
         settings |= {
             "synthetic_seed": args.synthetic_seed,
+            "synthetic_grid": args.synthetic_grid,
             "synthetic_train_size": args.synthetic_train_size,
             "synthetic_eval_size": args.synthetic_eval_size,
             "dataset_train_split": args.dataset_train_split,  # the split that gets synthetic_train_size
@@ -118,11 +119,7 @@ def _fail(cache_dir: Path, file: str | None, problem: str, kind: type[CacheError
 
 def _settings_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(current))
-    return [
-        f"{k}: cache {stored.get(k)!r}, now {current.get(k)!r}"
-        for k in keys
-        if stored.get(k) != current.get(k)
-    ]
+    return [f"{k}: cache {stored.get(k)!r}, now {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
 
 
 def verify_cache(args: DataArguments, cache_dir: str | Path) -> dict[str, Any]:
@@ -156,9 +153,7 @@ def verify_cache(args: DataArguments, cache_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_cached_split(
-    args: DataArguments, split: str, cache_dir: str | Path | None = None
-) -> datasets.Dataset:
+def load_cached_split(args: DataArguments, split: str, cache_dir: str | Path | None = None) -> datasets.Dataset:
     """Verify the cache (files, sha256, settings), then load one split from it (memory-mapped Arrow)."""
     cache_dir = resolve_cache_dir(args, cache_dir)
     manifest = verify_cache(args, cache_dir)
@@ -229,9 +224,7 @@ def build_cache(args: DataArguments, split_names: Iterable[str], cache_dir: str 
                 _link_or_copy(cache_dir / split / rel, tmp / split / rel)
         sizes = dict(kept)
         for split in todo:
-            logger.info(
-                "dataset cache %s: building split %r from source %r", cache_dir, split, args.dataset_source
-            )
+            logger.info("dataset cache %s: building split %r from source %r", cache_dir, split, args.dataset_source)
             scratch = tmp / ".scratch"
             ds = _materialize(source_split(args, split), scratch)
             ds.save_to_disk(str(tmp / split))

@@ -14,9 +14,7 @@ class DataArguments:
         default="synthetic",
         metadata={"help": "Where examples come from.", "choices": list(SOURCES)},
     )
-    dataset_name: str = field(
-        default="pingzhili/nlvr2", metadata={"help": "Hub dataset id (dataset_source=hub)."}
-    )
+    dataset_name: str = field(default="pingzhili/nlvr2", metadata={"help": "Hub dataset id (dataset_source=hub)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     dataset_revision: str | None = field(default=None, metadata={"help": "Hub dataset revision (commit, tag)."})
     dataset_streaming: bool = field(
@@ -35,7 +33,9 @@ class DataArguments:
     )
     dataset_image_dir: str | None = field(
         default=None,
-        metadata={"help": "nlvr2: image folder (official names, split subfolders allowed); default dataset_path/images."},
+        metadata={
+            "help": "nlvr2: image folder (official names, split subfolders allowed); default dataset_path/images."
+        },
     )
     dataset_cached: bool = field(
         default=False,
@@ -54,15 +54,21 @@ class DataArguments:
     synthetic_train_size: int = field(default=4096, metadata={"help": "Synthetic source: examples in train."})
     synthetic_eval_size: int = field(default=512, metadata={"help": "Synthetic source: examples in other splits."})
     synthetic_seed: int = field(default=0, metadata={"help": "Synthetic source: generator seed."})
+    synthetic_grid: int = field(
+        default=2, metadata={"help": "Synthetic source: cells per image side (28 px each, one vision token)."}
+    )
     prompt_template: str = field(
-        default="nlvr2_true_false", metadata={"help": "Prompt template name (vlm_datasets.prompts.TEMPLATES)."}
+        default="nlvr2_true_false",
+        metadata={"help": "Prompt template name (vlm_datasets.prompts.TEMPLATES)."},
     )
     min_pixels: int | None = field(
         default=None, metadata={"help": "Image processor min pixels per image (None: the processor's own)."}
     )
     max_pixels: int | None = field(
         default=None,
-        metadata={"help": "Image processor max pixels per image. Set it for Qwen2-VL: the hub default allows 16k tokens."},
+        metadata={
+            "help": "Image processor max pixels per image. Set it for Qwen2-VL: the hub default allows 16k tokens."
+        },
     )
 
     def __post_init__(self):

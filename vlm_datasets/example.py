@@ -55,6 +55,4 @@ def row_to_example(row: dict[str, Any]) -> Example:
 
 def examples_to_dataset(examples, split: str | None = None) -> datasets.Dataset:
     """Materialize canonical examples (any iterable) into an Arrow-backed `datasets.Dataset`."""
-    return datasets.Dataset.from_list(
-        [ex.to_row() for ex in examples], features=CANONICAL_FEATURES, split=split
-    )
+    return datasets.Dataset.from_list([ex.to_row() for ex in examples], features=CANONICAL_FEATURES, split=split)

@@ -84,8 +84,7 @@ def resolve_column_map(columns: list[str], explicit: dict | None = None, where: 
                 return name
         raise DataError(
             where,
-            f"no {key!r} column (looked for {list(candidates)}; columns: {columns}); "
-            "name it in dataset_column_map",
+            f"no {key!r} column (looked for {list(candidates)}; columns: {columns}); name it in dataset_column_map",
         )
 
     uid = pick("uid", CANDIDATES["uid"])
@@ -199,13 +198,9 @@ def load_hub_dataset(args: DataArguments, split: str) -> datasets.Dataset | data
     streaming = args.dataset_streaming
     if _is_offline() and not Path(name).exists():
         if not _in_local_cache(name):
-            raise HubUnreachableError(
-                name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-            )
+            raise HubUnreachableError(name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
         if streaming:
-            logger.warning(
-                "HF_HUB_OFFLINE is set: reading %s from the local cache instead of streaming", name
-            )
+            logger.warning("HF_HUB_OFFLINE is set: reading %s from the local cache instead of streaming", name)
             streaming = False
     try:
         return datasets.load_dataset(

@@ -39,9 +39,7 @@ def cached_split(args: DataArguments, split: str) -> datasets.Dataset:
     try:
         return load_cached_split(args, split, cache_dir)  # any other CacheError (a bad cache) propagates
     except NotCachedError:
-        logger.info(
-            "dataset cache %s: no split %r yet, building it from the source (first use)", cache_dir, split
-        )
+        logger.info("dataset cache %s: no split %r yet, building it from the source (first use)", cache_dir, split)
     build_cache(args, [split], cache_dir)
     return load_cached_split(args, split, cache_dir)
 

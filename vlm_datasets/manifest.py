@@ -31,9 +31,7 @@ def check_column_map(column_map: dict | None) -> dict[str, Any]:
     mapping = dict(column_map or {})
     unknown = set(mapping) - set(COLUMN_MAP_KEYS)
     if unknown:
-        raise ValueError(
-            f"dataset_column_map: unknown keys {sorted(unknown)}; known: {list(COLUMN_MAP_KEYS)}"
-        )
+        raise ValueError(f"dataset_column_map: unknown keys {sorted(unknown)}; known: {list(COLUMN_MAP_KEYS)}")
     pair = [k for k in ("left_image", "right_image") if k in mapping]
     if pair and "images" in mapping:
         raise ValueError("dataset_column_map: give either 'images' or 'left_image' + 'right_image', not both")
@@ -157,9 +155,7 @@ def iter_manifest(path: str | Path, column_map: dict | None = None) -> Iterator[
 def manifest_path(args: DataArguments, split: str) -> Path:
     """args.dataset_path is one manifest used for every split, or a folder holding <split>.jsonl."""
     if not args.dataset_path:
-        raise ValueError(
-            "dataset_source=jsonl needs dataset_path (a .jsonl manifest or a folder of <split>.jsonl)"
-        )
+        raise ValueError("dataset_source=jsonl needs dataset_path (a .jsonl manifest or a folder of <split>.jsonl)")
     root = Path(args.dataset_path)
     path = root / f"{split}.jsonl" if root.is_dir() else root
     if not path.is_file():

@@ -71,18 +71,14 @@ def official_items(json_path: Path, image_dir: Path, index: dict[str, Path] | No
             paths.append(index[stem])
         meta = {k: v for k, v in rec.items() if k not in ("identifier", "sentence", "label")}
         names = [str(p.relative_to(image_dir)) for p in paths]
-        items.append(
-            LocalItem(uid, paths, names, str(rec["sentence"]), parse_label(rec.get("label"), uid), meta)
-        )
+        items.append(LocalItem(uid, paths, names, str(rec["sentence"]), parse_label(rec.get("label"), uid), meta))
     return items
 
 
 def split_files(args: DataArguments, split: str) -> tuple[Path, Path]:
     """(<dataset_path>/<split>.json, image folder: dataset_image_dir or <dataset_path>/images)."""
     if not args.dataset_path:
-        raise ValueError(
-            "dataset_source=nlvr2 needs dataset_path (the folder holding dev.json, train.json, ...)"
-        )
+        raise ValueError("dataset_source=nlvr2 needs dataset_path (the folder holding dev.json, train.json, ...)")
     root = Path(args.dataset_path)
     json_path = root / f"{split}.json"
     if not json_path.is_file():

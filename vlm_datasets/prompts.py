@@ -27,7 +27,9 @@ class PromptTemplate:
 TEMPLATES = {
     t.name: t
     for t in (
-        PromptTemplate("nlvr2_true_false", "Is the statement true or false about the two images? Answer True or False."),
+        PromptTemplate(
+            "nlvr2_true_false", "Is the statement true or false about the two images? Answer True or False."
+        ),
         PromptTemplate("nlvr2_short", "True or False?"),
         PromptTemplate("nlvr2_yes_no", "Is the statement correct? Answer yes or no.", answers=("yes", "no")),
     )

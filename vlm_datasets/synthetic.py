@@ -146,15 +146,18 @@ def _comparison(rng, pair):
     noun = _noun(color, shape, True)
     kind = rng.choice(("more", "fewer", "same"))
     if kind == "more":
-        return f"The left image contains more {noun} than the right image.", lambda p: _count(
-            p[0], color, shape
-        ) > _count(p[1], color, shape)
+        return (
+            f"The left image contains more {noun} than the right image.",
+            lambda p: _count(p[0], color, shape) > _count(p[1], color, shape),
+        )
     if kind == "fewer":
-        return f"The left image contains fewer {noun} than the right image.", lambda p: _count(
-            p[0], color, shape
-        ) < _count(p[1], color, shape)
-    return f"Both images contain the same number of {noun}.", lambda p: _count(p[0], color, shape) == _count(
-        p[1], color, shape
+        return (
+            f"The left image contains fewer {noun} than the right image.",
+            lambda p: _count(p[0], color, shape) < _count(p[1], color, shape),
+        )
+    return (
+        f"Both images contain the same number of {noun}.",
+        lambda p: _count(p[0], color, shape) == _count(p[1], color, shape),
     )
 
 
@@ -187,12 +190,14 @@ def _negation(rng, pair):
     s = rng.randrange(2)
     color, shape = _attrs(rng, pair[s])
     if rng.random() < 0.5:
-        return f"The {SIDES[s]} image does not contain any {_noun(color, shape, True)}.", lambda p: _count(
-            p[s], color, shape
-        ) == 0
-    return f"Neither image contains a {_noun(color, shape, False)}.", lambda p: _count(
-        p[0], color, shape
-    ) + _count(p[1], color, shape) == 0
+        return (
+            f"The {SIDES[s]} image does not contain any {_noun(color, shape, True)}.",
+            lambda p: _count(p[s], color, shape) == 0,
+        )
+    return (
+        f"Neither image contains a {_noun(color, shape, False)}.",
+        lambda p: _count(p[0], color, shape) + _count(p[1], color, shape) == 0,
+    )
 
 
 def _universal(rng, pair):
@@ -211,8 +216,7 @@ def _coordination(rng, pair):
     c2, s2 = _attrs(rng, pair[1])
     if rng.random() < 0.6:
         text = (
-            f"The left image contains a {_noun(c1, s1, False)} and the right image contains a "
-            f"{_noun(c2, s2, False)}."
+            f"The left image contains a {_noun(c1, s1, False)} and the right image contains a {_noun(c2, s2, False)}."
         )
         return text, lambda p: _count(p[0], c1, s1) > 0 and _count(p[1], c2, s2) > 0
     text = f"The left image contains a {_noun(c1, s1, False)} or the right image contains a {_noun(c2, s2, False)}."
@@ -239,7 +243,7 @@ _SAMPLERS = dict(
 
 @dataclass
 class SyntheticConfig:
-    grid: int = 3
+    grid: int = 2
     max_objects: int = 4
     pairs_per_sentence: int = 4
     categories: tuple[str, ...] = CATEGORIES
@@ -250,9 +254,7 @@ def _scene_json(scene: Scene) -> list[dict]:
     return [o.__dict__ for o in scene]
 
 
-def generate(
-    split: str, num_examples: int, seed: int, config: SyntheticConfig | None = None
-) -> Iterator[Example]:
+def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig | None = None) -> Iterator[Example]:
     """Yield `num_examples` canonical examples with balanced labels; uids `syn_{split}-{set}-{pair}-0`."""
     cfg = config or SyntheticConfig()
     unknown = set(cfg.categories) - set(CATEGORIES)
@@ -312,11 +314,19 @@ _POSITIONS = (
 )
 
 
+def _position_name(row: int, col: int, grid: int) -> str:
+    if grid == 3:
+        return _POSITIONS[row][col]
+    if grid == 2:
+        return f"{('top', 'bottom')[row]} {('left', 'right')[col]}"
+    return f"row {row} column {col}"
+
+
 def describe(scene: Scene, grid: int) -> str:
     """E.g. 'top left: large red circle. center: small blue square.' (row-major order)."""
     parts = []
     for o in scene:
-        pos = _POSITIONS[o.row][o.col] if grid == 3 else f"row {o.row} column {o.col}"
+        pos = _position_name(o.row, o.col, grid)
         parts.append(f"{pos}: {o.size} {o.color} {o.shape}.")
     return " ".join(parts)
 
@@ -342,4 +352,8 @@ def pretraining_rows(num_rows: int, seed: int, config: SyntheticConfig | None = 
         else:
             question = f"True or false: the {SIDES[s]} image contains a {_noun(color, shape, False)}."
             answer = "True" if n else "False"
-        yield {"images": [render(scene, cfg.grid, rng) for scene in pair], "question": question, "answer": answer}
+        yield {
+            "images": [render(scene, cfg.grid, rng) for scene in pair],
+            "question": question,
+            "answer": answer,
+        }

@@ -6,7 +6,7 @@ import datasets
 
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import examples_to_dataset
-from vlm_datasets.synthetic import generate
+from vlm_datasets.synthetic import SyntheticConfig, generate
 
 
 def synthetic_size(args: DataArguments, split: str) -> int:
@@ -16,4 +16,5 @@ def synthetic_size(args: DataArguments, split: str) -> int:
 
 def synthetic_split(args: DataArguments, split: str) -> datasets.Dataset:
     """`synthetic.generate(split, size, args.synthetic_seed)` in CANONICAL_FEATURES, built in memory."""
-    return examples_to_dataset(generate(split, synthetic_size(args, split), args.synthetic_seed), split=split)
+    config = SyntheticConfig(grid=args.synthetic_grid)
+    return examples_to_dataset(generate(split, synthetic_size(args, split), args.synthetic_seed, config), split=split)

@@ -21,14 +21,22 @@ def parse(config: str, *overrides: str):
 def run_sft(tiny_model_dir, out_dir, *extra):
     args = parse(
         "training/configs/embedded_lora.yaml",
-        "--model_name_or_path", str(tiny_model_dir),
-        "--output_dir", str(out_dir),
-        "--synthetic_train_size", "64",
-        "--per_device_train_batch_size", "8",
-        "--max_steps", "4",
-        "--save_steps", "2",
-        "--logging_steps", "1",
-        "--report_to", "none",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(out_dir),
+        "--synthetic_train_size",
+        "64",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
         *extra,
     )
     return main(*args)
@@ -81,9 +89,7 @@ def test_resume_continues_from_saved_step(tiny_model_dir, tmp_path, isolated_art
     out = tmp_path / "run"
     first = run_sft(tiny_model_dir, out, "--max_steps", "2")
     assert (out / "checkpoint-2" / "optimizer.pt").exists()
-    resumed = run_sft(
-        tiny_model_dir, out, "--max_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2")
-    )
+    resumed = run_sft(tiny_model_dir, out, "--max_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
     assert resumed.state.global_step == 4
     losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert losses[:2] == [e["loss"] for e in first.state.log_history if "loss" in e]  # restored, not retrained

@@ -94,9 +94,7 @@ def manifest_layout(tmp_path, official_layout, synthetic_examples) -> Path:
         ident = parse_identifier(ex.uid)
         paths = [files[ident.image_stem(i)] for i in range(2)]
         names = [str(p) if n % 2 else str(Path("..") / p.relative_to(tmp_path)) for p in paths]
-        lines.append(
-            json.dumps({"uid": ex.uid, "images": names, "sentence": ex.sentence, "label": ex.label, "n": n})
-        )
+        lines.append(json.dumps({"uid": ex.uid, "images": names, "sentence": ex.sentence, "label": ex.label, "n": n}))
     (folder / "dev.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 

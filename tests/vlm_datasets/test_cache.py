@@ -68,16 +68,12 @@ def test_a_changed_byte_is_refused_naming_the_file(built, args):
     data = bytearray((built / ARROW).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (built / ARROW).write_bytes(bytes(data))
-    with pytest.raises(
-        CacheError, match=rf"cache {re.escape(str(built))}: file {ARROW}: sha256 mismatch \(expected"
-    ):
+    with pytest.raises(CacheError, match=rf"cache {re.escape(str(built))}: file {ARROW}: sha256 mismatch \(expected"):
         load_cached_split(args, "dev", built)
     # load_split refuses it too, and does not rebuild it silently.
     manifest = (built / "manifest.json").read_text()
     with pytest.raises(CacheError, match="sha256 mismatch.*rebuild: delete"):
-        load_split(
-            DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(built)}), "dev"
-        )
+        load_split(DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(built)}), "dev")
     assert (built / ARROW).read_bytes() == bytes(data)
     assert (built / "manifest.json").read_text() == manifest
 
@@ -93,9 +89,7 @@ def test_a_deleted_or_extra_file_is_refused_naming_it(built, args):
 
 def test_an_unlisted_data_file_is_refused(built, args):
     (built / "dev" / "data-00001-of-00001.arrow").write_bytes(b"more rows")
-    with pytest.raises(
-        CacheError, match=r"file dev/data-00001-of-00001\.arrow: not listed in manifest\.json"
-    ):
+    with pytest.raises(CacheError, match=r"file dev/data-00001-of-00001\.arrow: not listed in manifest\.json"):
         load_cached_split(args, "dev", built)
 
 
@@ -130,9 +124,7 @@ def test_a_partial_build_is_never_picked_up(tmp_path, args, built):
     # A killed build leaves its temporary sibling folder: even a complete-looking one is ignored.
     leftover = tmp_path / ".fresh.tmp-killed"
     shutil.copytree(built, leftover)
-    cached = DataArguments(
-        **{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(tmp_path / "fresh")}
-    )
+    cached = DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(tmp_path / "fresh")})
     assert len(load_split(cached, "dev")) == 3
     assert (tmp_path / "fresh" / "manifest.json").is_file()
     assert leftover.is_dir()

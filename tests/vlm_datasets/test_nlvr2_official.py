@@ -50,9 +50,7 @@ def _color(stem: str) -> tuple[int, int, int]:
 
 
 def test_real_dev_lines_with_generated_images_through_nlvr2_split(tmp_path, real_dev_json):
-    lines = [
-        line for line in real_dev_json.read_text().splitlines() if json.loads(line)["identifier"] in PICKED
-    ]
+    lines = [line for line in real_dev_json.read_text().splitlines() if json.loads(line)["identifier"] in PICKED]
     (tmp_path / "dev.json").write_text("\n".join(lines) + "\n")
     records = {r["identifier"]: r for r in map(json.loads, lines)}
     image_dir = tmp_path / "photos"  # not the default <dataset_path>/images: dataset_image_dir
@@ -168,7 +166,5 @@ def test_bad_annotations_name_the_line_or_uid(official_layout, change, pattern, 
 
 def test_missing_split_file_is_named(official_layout):
     root, _ = official_layout
-    with pytest.raises(
-        DataError, match=re.escape(f"{root / 'test1.json'}: annotation file for split 'test1'")
-    ):
+    with pytest.raises(DataError, match=re.escape(f"{root / 'test1.json'}: annotation file for split 'test1'")):
         nlvr2_split(DataArguments(dataset_source="nlvr2", dataset_path=str(root)), "test1")

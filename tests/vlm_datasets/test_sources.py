@@ -215,9 +215,7 @@ def test_column_map_errors_name_the_dataset_and_the_column():
     columns = ["identifier", "left_image", "right_image", "caption", "label"]
     with pytest.raises(DataError, match=r"hub dataset x/y: no 'sentence' column .*'caption'"):
         resolve_column_map(columns, None, "hub dataset x/y")
-    with pytest.raises(
-        DataError, match=r"hub dataset x/y: column 'statement' \(dataset_column_map\['sentence'\]\)"
-    ):
+    with pytest.raises(DataError, match=r"hub dataset x/y: column 'statement' \(dataset_column_map\['sentence'\]\)"):
         resolve_column_map(columns, {"sentence": "statement"}, "hub dataset x/y")
     with pytest.raises(DataError, match="no image columns"):
         resolve_column_map(["identifier", "sentence", "label"], None, "hub dataset x/y")
@@ -276,9 +274,7 @@ def test_unreachable_hub_errors_from_datasets_are_wrapped(monkeypatch, tmp_path)
         raise ConnectionError("Couldn't reach 'someone/nlvr2' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(
-        HubUnreachableError, match=re.escape("the hub source 'someone/nlvr2' cannot be reached")
-    ):
+    with pytest.raises(HubUnreachableError, match=re.escape("the hub source 'someone/nlvr2' cannot be reached")):
         hub_split(DataArguments(dataset_source="hub", dataset_name="someone/nlvr2"), "dev")
 
 
@@ -320,9 +316,7 @@ def test_manifest_single_file_serves_every_split_and_extras_go_to_meta(tmp_path)
 def test_manifest_column_map(tmp_path):
     _img(RED).save(tmp_path / "a.png")
     _img(BLUE).save(tmp_path / "b.png")
-    path = _write(
-        tmp_path / "m.jsonl", [{"id": "u1", "left": "a.png", "right": "b.png", "text": "t", "y": 1}]
-    )
+    path = _write(tmp_path / "m.jsonl", [{"id": "u1", "left": "a.png", "right": "b.png", "text": "t", "y": 1}])
     cmap = {"uid": "id", "left_image": "left", "right_image": "right", "sentence": "text", "label": "y"}
     (ex,) = iter_manifest(path, cmap)
     assert (ex.uid, ex.sentence, ex.label) == ("u1", "t", True)
@@ -371,8 +365,6 @@ def test_jsonl_folder_needs_the_split_file(tmp_path):
 def test_manifest_errors_name_the_line_uid_and_file(tmp_path, line, pattern):
     _img(RED).save(tmp_path / "a.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG but truncated")
-    path = _write(
-        tmp_path / "m.jsonl", [{"uid": "u1", "images": ["a.png"], "sentence": "s", "label": True}, line]
-    )
+    path = _write(tmp_path / "m.jsonl", [{"uid": "u1", "images": ["a.png"], "sentence": "s", "label": True}, line])
     with pytest.raises(DataError, match=pattern):
         jsonl_split(DataArguments(dataset_source="jsonl", dataset_path=str(path)), "dev")

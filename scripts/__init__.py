@@ -1,0 +1,1 @@
+"""Entry points for people: demo, building the embedded model, playground, gallery, inspection, benchmarks."""

@@ -1,0 +1,114 @@
+"""The lab's main job on the embedded default, offline on a CPU: build the small base (unless already built), evaluate
+it zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, print the table and write summary.json.
+
+Each step runs the same entry point and YAML config a user runs by hand:
+  scripts/build_embedded_model.py, evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
+  training/sft.py (training/configs/embedded_lora.yaml), evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
+
+# What `make demo` runs
+python scripts/demo.py
+
+# Elsewhere, or with a shorter fine-tuning
+python scripts/demo.py --output_dir /tmp/demo --sft_max_steps 100
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import ModelConfig, TrlParser
+
+from evals import finetuned, zero_shot
+from evals.evaluate import EvalArguments
+from scripts import build_embedded_model
+from training import sft
+from training.embedded import EMBEDDED_MODEL_DIR
+from training.models import LabModelArguments
+from training.run_record import write_json_atomic
+from vlm_datasets.config import DataArguments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class DemoArguments:
+    output_dir: str = field(default="artifacts/demo", metadata={"help": "Run folder: evals, adapter, summary.json."})
+    model_dir: str = field(default=str(EMBEDDED_MODEL_DIR), metadata={"help": "Embedded base model folder."})
+    sft_config: str = field(default="training/configs/embedded_lora.yaml", metadata={"help": "SFT config."})
+    zero_shot_config: str = field(default="evals/configs/embedded_zero_shot.yaml", metadata={"help": "Eval config."})
+    finetuned_config: str = field(default="evals/configs/embedded_finetuned.yaml", metadata={"help": "Eval config."})
+    sft_max_steps: int | None = field(default=None, metadata={"help": "Override the SFT config's max_steps."})
+
+
+def _eval_args(config: str, *overrides: str):
+    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    return parser.parse_args_and_config(["--config", str(REPO / config), *overrides])
+
+
+def main(args: DemoArguments) -> Path:
+    start = time.time()
+    out = Path(args.output_dir)
+    model = ["--model_name_or_path", args.model_dir]
+
+    print(f"[1/4] embedded base model: {args.model_dir}")
+    build_embedded_model.main(build_embedded_model.BuildArguments(output_dir=args.model_dir))
+
+    print("[2/4] zero-shot evaluation")
+    zs = zero_shot.main(*_eval_args(args.zero_shot_config, *model, "--output_dir", str(out / "zero_shot")))
+
+    print("[3/4] LoRA fine-tuning (training/sft.py)")
+    sft_overrides = ["--config", str(REPO / args.sft_config), *model, "--output_dir", str(out / "lora")]
+    if args.sft_max_steps is not None:
+        sft_overrides += ["--max_steps", str(args.sft_max_steps)]
+    trainer = sft.main(*sft.make_parser().parse_args_and_config(sft_overrides))
+    train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    print("[4/4] fine-tuned evaluation")
+    ft = finetuned.main(
+        *_eval_args(
+            args.finetuned_config,
+            *model,
+            "--adapter_path",
+            str(out / "lora"),
+            "--output_dir",
+            str(out / "finetuned"),
+        )
+    )
+
+    wall = time.time() - start
+    print()
+    print(f"Embedded default (small local Qwen2-VL, synthetic NLVR-style split '{zs['split']}', n={zs['n']})")
+    print(f"{'':28}{'zero-shot':>12}{'LoRA':>12}")
+    print(f"{'accuracy':28}{zs['accuracy']:>12.3f}{ft['accuracy']:>12.3f}")
+    for category in ft["accuracy_by_category"]:
+        a, b = zs["accuracy_by_category"].get(category), ft["accuracy_by_category"][category]
+        print(f"  {category:26}{a:>12.3f}{b:>12.3f}")
+    summary = {
+        "zero_shot_accuracy": zs["accuracy"],
+        "finetuned_accuracy": ft["accuracy"],
+        "n_eval": ft["n"],
+        "wall_seconds": round(wall, 1),
+        "eval_split": ft["split"],
+        "accuracy_by_category": {
+            "zero_shot": zs["accuracy_by_category"],
+            "finetuned": ft["accuracy_by_category"],
+        },
+        "train_loss_first_last": [train_loss[0], train_loss[-1]] if train_loss else None,
+        "sft_steps": trainer.state.global_step,
+        "model": args.model_dir,
+        "data": "synthetic NLVR-style (vlm_datasets/synthetic.py), embedded default",
+        "outputs": {k: str(out / k) for k in ("zero_shot", "lora", "finetuned")},
+    }
+    path = write_json_atomic(out / "summary.json", summary)
+    print(f"wall time: {wall:.0f} s")
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    (demo_args,) = TrlParser((DemoArguments,)).parse_args_and_config()
+    main(demo_args)

@@ -1,0 +1,52 @@
+"""Every YAML config loads through the parser of the script that uses it, with no unknown key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from trl import ModelConfig, TrlParser
+
+from evals.evaluate import EvalArguments
+from training.models import LabModelArguments
+from training.sft import make_parser
+from vlm_datasets.config import DataArguments
+from vlm_datasets.prompts import TEMPLATES
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING = sorted((REPO / "training" / "configs").glob("*.yaml"))
+EVALS = sorted((REPO / "evals" / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    names = {p.name for p in TRAINING}
+    assert {"qwen2vl_2b_lora.yaml", "qwen2vl_2b_qlora.yaml", "embedded_lora.yaml"} <= names
+    assert EVALS
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_training_config_loads(path):
+    data, train, model, lab = make_parser().parse_args_and_config(["--config", str(path)])
+    assert data.prompt_template in TEMPLATES
+    assert path.read_text().startswith("#"), "a config starts with a comment giving its command"
+    assert f"--config training/configs/{path.name}" in path.read_text()
+    if path.name.startswith("qwen2vl_2b"):
+        assert model.model_name_or_path == "Qwen/Qwen2-VL-2B-Instruct"
+        assert data.dataset_source == "hub" and data.dataset_name == "pingzhili/nlvr2"
+        assert data.max_pixels is not None and train.bf16
+        assert model.load_in_4bit == ("qlora" in path.name)
+
+
+@pytest.mark.parametrize("path", EVALS, ids=lambda p: p.name)
+def test_eval_config_loads(path):
+    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    ev, data, model, lab = parser.parse_args_and_config(["--config", str(path)])
+    assert ev.scoring in ("likelihood", "generate")
+    assert f"--config evals/configs/{path.name}" in path.read_text()
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: x\nlora_rank: 8\n")
+    with pytest.raises(ValueError, match="lora_rank"):
+        make_parser().parse_args_and_config(["--config", str(bad)])
