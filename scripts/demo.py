@@ -41,6 +41,9 @@ class DemoArguments:
     zero_shot_config: str = field(default="evals/configs/embedded_zero_shot.yaml", metadata={"help": "Eval config."})
     finetuned_config: str = field(default="evals/configs/embedded_finetuned.yaml", metadata={"help": "Eval config."})
     sft_max_steps: int | None = field(default=None, metadata={"help": "Override the SFT config's max_steps."})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
+    build_vision_steps: int | None = field(default=None, metadata={"help": "Override the base build's stage 1."})
+    build_steps: int | None = field(default=None, metadata={"help": "Override the base build's stage 2."})
 
 
 def _eval_args(config: str, *overrides: str):
@@ -51,16 +54,23 @@ def _eval_args(config: str, *overrides: str):
 def main(args: DemoArguments) -> Path:
     start = time.time()
     out = Path(args.output_dir)
-    model = ["--model_name_or_path", args.model_dir]
+    common = ["--model_name_or_path", args.model_dir]
+    if args.max_eval_examples is not None:
+        common += ["--max_eval_examples", str(args.max_eval_examples)]
+    build = build_embedded_model.BuildArguments(output_dir=args.model_dir)
+    if args.build_vision_steps is not None:
+        build.vision_steps = args.build_vision_steps
+    if args.build_steps is not None:
+        build.steps = args.build_steps
 
     print(f"[1/4] embedded base model: {args.model_dir}")
-    build_embedded_model.main(build_embedded_model.BuildArguments(output_dir=args.model_dir))
+    build_embedded_model.main(build)
 
     print("[2/4] zero-shot evaluation")
-    zs = zero_shot.main(*_eval_args(args.zero_shot_config, *model, "--output_dir", str(out / "zero_shot")))
+    zs = zero_shot.main(*_eval_args(args.zero_shot_config, *common, "--output_dir", str(out / "zero_shot")))
 
     print("[3/4] LoRA fine-tuning (training/sft.py)")
-    sft_overrides = ["--config", str(REPO / args.sft_config), *model, "--output_dir", str(out / "lora")]
+    sft_overrides = ["--config", str(REPO / args.sft_config), *common, "--output_dir", str(out / "lora")]
     if args.sft_max_steps is not None:
         sft_overrides += ["--max_steps", str(args.sft_max_steps)]
     trainer = sft.main(*sft.make_parser().parse_args_and_config(sft_overrides))
@@ -70,7 +80,7 @@ def main(args: DemoArguments) -> Path:
     ft = finetuned.main(
         *_eval_args(
             args.finetuned_config,
-            *model,
+            *common,
             "--adapter_path",
             str(out / "lora"),
             "--output_dir",
