@@ -83,7 +83,7 @@ def qwen2vl_chat_template() -> str:
 def _tokenizer_corpus(seed: int) -> list[str]:
     texts = [ex.sentence for ex in generate("corpus", 2000, seed)]
     texts += [r["question"] + " " + r["answer"] for r in pretraining_rows(2000, seed)]
-    texts += [t.question for t in TEMPLATES.values()] * 50
+    texts += [t.text.replace("{sentence}", "") for t in TEMPLATES.values()] * 50
     texts += ["You are a helpful assistant.", "user", "assistant", "system", "True", "False"] * 200
     return texts
 

@@ -2,7 +2,7 @@
 
 Stage 1 trains the vision tower alone: every merged vision token (one 28-px grid cell) classifies the colour, shape
 and size of the object in its cell through a linear probe that is thrown away afterwards.
-Stage 2 trains the whole model (transformers Trainer) on questions about one of the two images: descriptions,
+Stage 2 trains the whole model (TRL's SFTTrainer) on questions about one of the two images: descriptions,
 counts, yes/no existence and single-image existence statements (`vlm_datasets.synthetic.pretraining_rows`).
 The NLVR-style task the demo fine-tunes on (two-image statements across eight categories) is not among them.
 """
@@ -17,7 +17,7 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments
+from trl import SFTConfig, SFTTrainer
 
 from training.collators import PromptCompletionCollator
 from vlm_datasets.prompts import user_message
@@ -112,8 +112,8 @@ def pretraining_dataset(num_rows: int, seed: int, synth: SyntheticConfig) -> dat
 
 
 def train_language_model(model, processor, settings: PretrainSettings, synth: SyntheticConfig, output_dir) -> dict:
-    """Stage 2: the whole model on the pretraining tasks with transformers' Trainer; returns its log history."""
-    args = TrainingArguments(
+    """Stage 2: the whole model on the pretraining tasks with SFTTrainer; returns its log history."""
+    args = SFTConfig(
         output_dir=str(output_dir),
         max_steps=settings.steps,
         per_device_train_batch_size=settings.batch_size,
@@ -126,11 +126,20 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         save_strategy="no",
         report_to="none",
         remove_unused_columns=False,  # the collator needs images/prompt/completion
+        dataset_kwargs={"skip_prepare_dataset": True},
+        bf16=False,
+        gradient_checkpointing=False,
         seed=settings.seed,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
     dataset = pretraining_dataset(settings.steps * settings.batch_size, settings.seed, synth)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PromptCompletionCollator(processor))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PromptCompletionCollator(processor),
+        processing_class=processor,
+    )
     trainer.train()
     return {"log_history": trainer.state.log_history}

@@ -80,7 +80,7 @@ def write_run_record(
         "seed": seed,
         "prompt_template": {
             "name": template.name,
-            "question": template.question,
+            "text": template.text,
             "answers": list(template.answers),
         },
         "dataset": dataset_manifest,

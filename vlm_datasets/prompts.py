@@ -14,11 +14,11 @@ from vlm_datasets.example import Example
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
-    question: str  # appended after the statement
+    text: str  # the user turn's text after the images; "{sentence}" marks the statement
     answers: tuple[str, str] = ("True", "False")  # (answer when label is True, answer when False)
 
     def user_text(self, sentence: str) -> str:
-        return f"{sentence}\n{self.question}"
+        return self.text.replace("{sentence}", sentence)
 
     def answer(self, label: bool) -> str:
         return self.answers[0] if label else self.answers[1]
@@ -28,10 +28,13 @@ TEMPLATES = {
     t.name: t
     for t in (
         PromptTemplate(
-            "nlvr2_true_false", "Is the statement true or false about the two images? Answer True or False."
+            "nlvr2_true_false", "{sentence}\nIs the statement true or false about the two images? Answer True or False."
         ),
-        PromptTemplate("nlvr2_short", "True or False?"),
-        PromptTemplate("nlvr2_yes_no", "Is the statement correct? Answer yes or no.", answers=("yes", "no")),
+        PromptTemplate("nlvr2_short", "{sentence}\nTrue or False?"),
+        PromptTemplate("true_or_false_first", "True or false: {sentence}"),
+        PromptTemplate(
+            "nlvr2_yes_no", "{sentence}\nIs the statement correct? Answer yes or no.", answers=("yes", "no")
+        ),
     )
 }
 
