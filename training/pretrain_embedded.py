@@ -69,7 +69,7 @@ def train_vision_tower(model, processor, settings: PretrainSettings, synth: Synt
     rng = random.Random(f"vision-{settings.seed}")
     cells = synth.grid * synth.grid
     visual.train()
-    stats = {}
+    stats, feats = {}, None
     for _ in tqdm(range(settings.vision_steps), desc="stage 1: vision tower", unit="step"):
         scenes = [random_scene(rng, synth.grid, synth.max_objects) for _ in range(settings.vision_batch_size)]
         inputs = processor.image_processor([render(s, synth.grid, rng) for s in scenes], return_tensors="pt")
@@ -90,6 +90,17 @@ def train_vision_tower(model, processor, settings: PretrainSettings, synth: Synt
                 torch.stack([(lg.argmax(-1) == t).float().mean() for lg, t in zip(logits, targets, strict=True)]).mean()
             ),
         }
+    # Bring the vision tokens to the text embeddings' scale: the probe leaves them ~100x larger, and a token whose
+    # residual stream is that large cannot be changed by attention to the statement in the layers above.
+    if feats is None:
+        return stats
+    with torch.no_grad():
+        text_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
+        factor = text_norm / feats.detach().norm(dim=-1).mean()
+        last = visual.merger.mlp[-1]
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    stats["feature_rescale"] = float(factor)
     return stats
 
 

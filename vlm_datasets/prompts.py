@@ -14,8 +14,9 @@ from vlm_datasets.example import Example
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
-    text: str  # the user turn's text after the images; "{sentence}" marks the statement
+    text: str  # the user turn's text; "{sentence}" marks the statement
     answers: tuple[str, str] = ("True", "False")  # (answer when label is True, answer when False)
+    images_first: bool = True  # Qwen2-VL's usual layout; False puts the text before the images
 
     def user_text(self, sentence: str) -> str:
         return self.text.replace("{sentence}", sentence)
@@ -32,6 +33,7 @@ TEMPLATES = {
         ),
         PromptTemplate("nlvr2_short", "{sentence}\nTrue or False?"),
         PromptTemplate("true_or_false_first", "True or false: {sentence}"),
+        PromptTemplate("statement_then_images", "Statement: {sentence}\nTrue or false?", images_first=False),
         PromptTemplate(
             "nlvr2_yes_no", "{sentence}\nIs the statement correct? Answer yes or no.", answers=("yes", "no")
         ),
@@ -45,8 +47,9 @@ def get_template(name: str) -> PromptTemplate:
     return TEMPLATES[name]
 
 
-def user_message(num_images: int, text: str) -> dict[str, Any]:
-    return {"role": "user", "content": [{"type": "image"}] * num_images + [{"type": "text", "text": text}]}
+def user_message(num_images: int, text: str, images_first: bool = True) -> dict[str, Any]:
+    images, words = [{"type": "image"}] * num_images, [{"type": "text", "text": text}]
+    return {"role": "user", "content": images + words if images_first else words + images}
 
 
 def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any
     row = {
         "uid": example.uid,
         "images": example.images,
-        "prompt": [user_message(len(example.images), template.user_text(example.sentence))],
+        "prompt": [user_message(len(example.images), template.user_text(example.sentence), template.images_first)],
     }
     if example.label is not None:
         answer = template.answer(example.label)

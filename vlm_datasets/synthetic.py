@@ -331,8 +331,19 @@ def describe(scene: Scene, grid: int) -> str:
     return " ".join(parts)
 
 
+def count_table(scene: Scene, by: str) -> str:
+    """E.g. "red one, green zero, blue two, yellow zero." (by colour) or the same by shape."""
+    if by == "color":
+        return ", ".join(f"{c} {NUMBERS[_count(scene, color=c)]}" for c in COLORS) + "."
+    return ", ".join(f"{sh} {NUMBERS[_count(scene, shape=sh)]}" for sh in SHAPES) + "."
+
+
 def pretraining_rows(num_rows: int, seed: int, config: SyntheticConfig | None = None) -> Iterator[dict]:
-    """Yield {"images": [left, right], "question": str, "answer": str} rows of description and QA tasks."""
+    """Yield {"images": [left, right], "question": str, "answer": str}: tasks about ONE of the two images.
+
+    Count tables (every colour or every shape counted in one answer: dense supervision of the attribute lookups
+    that statements need), descriptions, yes/no existence questions and single-image existence statements.
+    """
     cfg = config or SyntheticConfig()
     rng = random.Random(f"pretrain-{seed}")
     for _ in range(num_rows):
@@ -341,19 +352,16 @@ def pretraining_rows(num_rows: int, seed: int, config: SyntheticConfig | None = 
         task = rng.random()
         color, shape = _attrs(rng, pair[s])
         n = _count(pair[s], color, shape)
-        if task < 0.2:
+        if task < 0.5:
+            by = rng.choice(("color", "shape"))
+            question = f"Count the objects of each {by} in the {SIDES[s]} image."
+            answer = count_table(pair[s], by)
+        elif task < 0.6:
             question, answer = f"Describe the {SIDES[s]} image.", describe(pair[s], cfg.grid)
-        elif task < 0.5:
-            question = f"How many {_noun(color, shape, True)} are in the {SIDES[s]} image?"
-            answer = NUMBERS[n]
-        elif task < 0.75:
+        elif task < 0.8:
             question = f"Is there a {_noun(color, shape, False)} in the {SIDES[s]} image?"
             answer = "yes" if n else "no"
         else:
             question = f"True or false: the {SIDES[s]} image contains a {_noun(color, shape, False)}."
             answer = "True" if n else "False"
-        yield {
-            "images": [render(scene, cfg.grid, rng) for scene in pair],
-            "question": question,
-            "answer": answer,
-        }
+        yield {"images": [render(scene, cfg.grid, rng) for scene in pair], "question": question, "answer": answer}
