@@ -13,7 +13,11 @@ from vlm_datasets.synthetic import CATEGORIES, Obj, SyntheticConfig, _count, cou
 def test_deterministic_by_seed_and_split():
     a, b = list(generate("dev", 40, seed=1)), list(generate("dev", 40, seed=1))
     assert [(x.uid, x.sentence, x.label) for x in a] == [(x.uid, x.sentence, x.label) for x in b]
-    assert all(np.array_equal(np.array(p), np.array(q)) for x, y in zip(a, b) for p, q in zip(x.images, y.images))
+    assert all(
+        np.array_equal(np.array(p), np.array(q))
+        for x, y in zip(a, b, strict=True)
+        for p, q in zip(x.images, y.images, strict=True)
+    )
     other = list(generate("dev", 40, seed=2))
     assert [x.sentence for x in a] != [x.sentence for x in other]
     assert {x.uid.split("-")[0] for x in generate("test", 8, seed=1)} == {"syn_test"}
