@@ -50,6 +50,7 @@ def test_round_trip_and_manifest(built, args, same_examples):
         "min_pixels": None,
         "max_pixels": None,
         "synthetic_seed": 0,
+        "synthetic_grid": 2,
         "synthetic_train_size": 6,
         "synthetic_eval_size": 3,
         "dataset_train_split": "train",
