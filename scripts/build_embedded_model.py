@@ -23,7 +23,12 @@ from transformers import set_seed
 from trl import TrlParser
 
 from training.embedded import EMBEDDED_MODEL_DIR, build_model, build_processor, build_tokenizer
-from training.pretrain_embedded import PretrainSettings, train_language_model, train_vision_tower
+from training.pretrain_embedded import (
+    PretrainSettings,
+    pretraining_accuracy,
+    train_language_model,
+    train_vision_tower,
+)
 from training.run_record import library_versions, write_json_atomic
 from vlm_datasets.synthetic import CELL, SyntheticConfig
 
@@ -83,6 +88,8 @@ def main(args: BuildArguments) -> Path:
     if args.steps:
         stats["language_model"] = train_language_model(model, processor, pretrain, synth, tmp / "trainer")
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
+    stats["held_out_task_accuracy"] = pretraining_accuracy(model, processor, synth)
+    logger.info("held-out accuracy on the pretraining tasks: %s", stats["held_out_task_accuracy"])
     model.save_pretrained(tmp)  # safetensors
     processor.save_pretrained(tmp)
     write_json_atomic(

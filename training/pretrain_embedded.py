@@ -154,3 +154,24 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
     )
     trainer.train()
     return {"log_history": trainer.state.log_history}
+
+
+@torch.inference_mode()
+def pretraining_accuracy(model, processor, synth: SyntheticConfig, num_rows: int = 256, seed: int = 12345) -> dict:
+    """Held-out exact-match accuracy per pretraining task (teacher-forced: every answer token argmax-correct)."""
+    rows = list(pretraining_rows(num_rows, seed, synth))
+    collate = PromptCompletionCollator(processor)
+    hits: dict[str, list[bool]] = {}
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(rows), 64):
+        chunk = rows[start : start + 64]
+        batch = collate([_conversation(r) for r in chunk])
+        pred = model(**batch).logits[:, :-1].argmax(-1)  # [B, T-1], predicts position t+1
+        target = batch["labels"][:, 1:]
+        for i, row in enumerate(chunk):
+            keep = target[i] != -100
+            task = row["question"].split()[0].lower()
+            hits.setdefault(task, []).append(bool((pred[i][keep] == target[i][keep]).all()))
+    model.train(was_training)
+    return {task: round(sum(v) / len(v), 3) for task, v in sorted(hits.items())}
