@@ -76,7 +76,10 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelCo
             training_args.seed,
             kind="sft",
         )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the newest checkpoint-N in output_dir
+    trainer.train(resume_from_checkpoint=resume)
 
     # Save adapter (or full model) + processor, so evaluation loads the run directory alone
     trainer.save_model(training_args.output_dir)

@@ -89,7 +89,7 @@ def test_resume_continues_from_saved_step(tiny_model_dir, tmp_path, isolated_art
     out = tmp_path / "run"
     first = run_sft(tiny_model_dir, out, "--max_steps", "2")
     assert (out / "checkpoint-2" / "optimizer.pt").exists()
-    resumed = run_sft(tiny_model_dir, out, "--max_steps", "4", "--resume_from_checkpoint", str(out / "checkpoint-2"))
+    resumed = run_sft(tiny_model_dir, out, "--max_steps", "4", "--resume_from_checkpoint", "true")  # the newest
     assert resumed.state.global_step == 4
     losses = [e["loss"] for e in resumed.state.log_history if "loss" in e]
     assert losses[:2] == [e["loss"] for e in first.state.log_history if "loss" in e]  # restored, not retrained
