@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -134,7 +133,3 @@ def lora_config(model_args: ModelConfig) -> LoraConfig | None:
     if model_args.lora_target_modules is None:
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS
     return get_peft_config(model_args)
-
-
-def is_local_model(path: str) -> bool:
-    return Path(path).is_dir()
