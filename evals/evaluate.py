@@ -171,3 +171,10 @@ def run_evaluation(
         kind="eval",
     )
     return metrics
+
+
+def make_parser():
+    """The evaluation scripts' parser: YAML config + CLI overrides into the four argument dataclasses."""
+    from trl import TrlParser
+
+    return TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
-from evals.evaluate import EvalArguments, run_evaluation
+from evals.evaluate import EvalArguments, make_parser, run_evaluation
 from training.models import LabModelArguments
 from vlm_datasets.config import DataArguments
 
@@ -35,6 +35,6 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    parser = make_parser()
     metrics = main(*parser.parse_args_and_config())
     print(json.dumps(metrics, indent=2))

@@ -19,16 +19,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import ModelConfig, TrlParser
+from trl import TrlParser
 
 from evals import finetuned, zero_shot
-from evals.evaluate import EvalArguments
+from evals.evaluate import make_parser
 from scripts import build_embedded_model
 from training import sft
 from training.embedded import EMBEDDED_MODEL_DIR
-from training.models import LabModelArguments
 from training.run_record import write_json_atomic
-from vlm_datasets.config import DataArguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +45,7 @@ class DemoArguments:
 
 
 def _eval_args(config: str, *overrides: str):
-    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    parser = make_parser()
     return parser.parse_args_and_config(["--config", str(REPO / config), *overrides])
 
 

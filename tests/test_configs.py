@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trl import ModelConfig, TrlParser
 
-from evals.evaluate import EvalArguments
-from training.models import LabModelArguments
-from training.sft import make_parser
-from vlm_datasets.config import DataArguments
+from evals.evaluate import make_parser as make_eval_parser
+from training.sft import make_parser as make_sft_parser
 from vlm_datasets.prompts import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +24,7 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
 def test_training_config_loads(path):
     # GPU configs say bf16; on this CPU-only machine SFTConfig accepts that only with use_cpu.
-    data, train, model, lab = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
+    data, train, model, lab = make_sft_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
     assert data.prompt_template in TEMPLATES
     assert path.read_text().startswith("#"), "a config starts with a comment giving its command"
     assert f"--config training/configs/{path.name}" in path.read_text()
@@ -40,7 +37,7 @@ def test_training_config_loads(path):
 
 @pytest.mark.parametrize("path", EVALS, ids=lambda p: p.name)
 def test_eval_config_loads(path):
-    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    parser = make_eval_parser()
     ev, data, model, lab = parser.parse_args_and_config(["--config", str(path)])
     assert ev.scoring in ("likelihood", "generate")
     assert f"--config evals/configs/{path.name}" in path.read_text()
@@ -50,4 +47,4 @@ def test_unknown_config_key_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nbf16: false\nlora_rank: 8\n")
     with pytest.raises(ValueError, match="lora_rank"):
-        make_parser().parse_args_and_config(["--config", str(bad)])
+        make_sft_parser().parse_args_and_config(["--config", str(bad)])

@@ -6,21 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from trl import TrlParser
 
 from evals import finetuned, zero_shot
-from evals.evaluate import EvalArguments, summarize
-from training.models import LabModelArguments
-from vlm_datasets.config import DataArguments
+from evals.evaluate import make_parser, summarize
 from vlm_datasets.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(config: str, *overrides: str):
-    from trl import ModelConfig
 
-    parser = TrlParser((EvalArguments, DataArguments, ModelConfig, LabModelArguments))
+    parser = make_parser()
     return parser.parse_args_and_config(["--config", str(REPO / config), *overrides])
 
 
