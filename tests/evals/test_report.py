@@ -1,0 +1,90 @@
+"""Run report: report.md with the headline numbers and valid PNG plots, from a small run folder written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from evals.report import PLOTS, write_report
+from vlm_datasets.errors import DataError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(folder: Path, with_p_true: bool = True) -> Path:
+    """12 synthetic-style examples: 9 right, 2 wrong, 1 unparseable; categories count / color."""
+    folder.mkdir(parents=True)
+    records = []
+    for i in range(12):
+        label = i % 2 == 0
+        pred = None if i == 11 else (not label if i in (3, 6) else label)
+        p_true = None if pred is None or not with_p_true else (0.9 if pred else 0.2)
+        records.append(
+            {
+                "uid": f"syn_test-{i // 2}-{i % 2}-0",
+                "sentence": f"statement {i}",
+                "label": label,
+                "prediction": pred,
+                "p_true": p_true,
+                "category": "count" if i < 6 else "color",
+            }
+        )
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    metrics = {"model": "tiny-qwen2vl", "adapter": "artifacts/checkpoints/lora", "split": "test", "accuracy": 9 / 12}
+    (folder / "metrics.json").write_text(json.dumps(metrics | {"scoring": "likelihood"}))
+    return folder
+
+
+def assert_png(path: Path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_report_and_plots_written(tmp_path):
+    run = write_run(tmp_path / "run")
+    path = write_report(run, n_resamples=100)
+    assert path == run / "report.md"
+    for name in PLOTS.values():
+        assert_png(run / name)
+    text = path.read_text()
+    for expected in (
+        "tiny-qwen2vl",
+        "artifacts/checkpoints/lora",
+        "| split | test |",
+        "75.00%",
+        "9 of 12 correct",
+        "**unparseable predictions**: 1",
+        "| count | 6 | 83.33% |",
+        "| color | 6 | 66.67% |",
+        "| True | 5 | 1 | 0 |",  # label True: 5 right, 1 wrong, 0 unparseable
+        "| False | 1 | 4 | 1 |",
+        "expected calibration error",
+        "](accuracy_by_category.png)",
+        "](confusion_matrix.png)",
+        "](reliability.png)",
+    ):
+        assert expected in text, expected
+    assert "note: metrics.json says" not in text  # metrics.json agrees with predictions.jsonl
+
+
+def test_report_without_p_true_still_writes_every_plot(tmp_path):
+    run = write_run(tmp_path / "run", with_p_true=False)
+    text = write_report(run, n_resamples=10).read_text()
+    assert "expected calibration error" not in text
+    for name in PLOTS.values():
+        assert_png(run / name)
+
+
+def test_report_needs_predictions(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write_report(tmp_path)
+    run = tmp_path / "unlabeled"
+    run.mkdir()
+    (run / "predictions.jsonl").write_text(json.dumps({"uid": "a", "label": None, "prediction": True}) + "\n")
+    with pytest.raises(DataError, match="no labeled example"):
+        write_report(run)
