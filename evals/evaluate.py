@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -14,10 +16,13 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import ModelConfig
 
+from evals.metrics import compute_metrics
+from evals.report import write_report
 from evals.scoring import batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
 from training.run_record import write_json_atomic, write_run_record
 from vlm_datasets.config import DataArguments
+from vlm_datasets.errors import DataError
 from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
@@ -42,7 +47,19 @@ class EvalArguments:
     )
     batch_size: int = field(default=32, metadata={"help": "Examples per forward pass."})
     max_new_tokens: int = field(default=8, metadata={"help": "Generation scoring: new tokens per answer."})
-    seed: int = field(default=0, metadata={"help": "Random seed."})
+    seed: int = field(default=0, metadata={"help": "Random seed (also of the bootstrap confidence intervals)."})
+    image_order_probe: bool = field(
+        default=False,
+        metadata={
+            "help": "Also score every statement naming no side with its two images swapped; report the share "
+            "of answers that change (image_order_probe.jsonl, metrics.json)."
+        },
+    )
+    report: bool = field(default=True, metadata={"help": "Write report.md and plots (evals/report.py)."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Discard predictions already in output_dir instead of continuing from them."},
+    )
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run model code shipped with a hub repo (off: installed transformers only)."},
@@ -98,13 +115,145 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def nlvr2_metrics(records: list[dict], seed: int = 0) -> dict:
+    """Consistency and bootstrap CIs (evals.metrics) over the labeled records; per category when they carry one."""
+    labeled = [r for r in records if r["label"] is not None]
+    if not labeled:
+        return {}
+    full = compute_metrics(
+        {r["uid"]: r["prediction"] for r in labeled},
+        {r["uid"]: r["label"] for r in labeled},
+        categories={r["uid"]: r.get("category") for r in labeled},
+        seed=seed,
+    )
+    keep = ("accuracy_ci", "consistency", "consistency_ci", "n_groups", "categories", "bootstrap")
+    return {k: full[k] for k in keep}
+
+
+def _fingerprint(eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig, template) -> dict:
+    """What must match for an evaluation to continue from predictions already in its output_dir."""
+    return {
+        "model": model_args.model_name_or_path,
+        "model_revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "adapter": eval_args.adapter_path,
+        "scoring": eval_args.scoring,
+        "max_new_tokens": eval_args.max_new_tokens if eval_args.scoring == "generate" else None,
+        "prompt_template": [template.name, template.text, list(template.image_labels)],
+        "data": asdict(data_args),
+    }
+
+
+def read_partial_predictions(path: Path, split_uids: set[str]) -> dict[str, dict]:
+    """Records already written by an earlier (possibly killed) run; a torn last line is cut off the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # killed mid-write: drop the partial line so appends stay line-aligned
+        data = data[: data.rfind(b"\n") + 1]
+        path.write_bytes(data)
+    done = {}
+    for line_no, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        try:
+            rec = json.loads(line)
+            uid = rec["uid"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(
+                f"{path}:{line_no}", "not a prediction record; remove the file or pick another output_dir"
+            ) from None
+        if uid not in split_uids:
+            raise DataError(f"{path}:{line_no}", f"uid {uid} is not in the split being evaluated")
+        done[uid] = rec  # a uid written twice (killed between write and flush) keeps its last record
+    return done
+
+
+def _resume_state(out_dir: Path, fingerprint: dict, split_uids: set[str], overwrite: bool) -> dict[str, dict]:
+    """Predictions to keep from an earlier run in out_dir (refused when made with other settings)."""
+    state_path, pred_path = out_dir / "eval_state.json", out_dir / "predictions.jsonl"
+    if overwrite:
+        pred_path.unlink(missing_ok=True)
+    elif pred_path.exists():
+        stored = json.loads(state_path.read_text()) if state_path.exists() else None
+        if stored != json.loads(json.dumps(fingerprint)):
+            differ = sorted(k for k in fingerprint if (stored or {}).get(k) != json.loads(json.dumps(fingerprint[k])))
+            raise DataError(
+                str(pred_path),
+                f"predictions from an evaluation with other settings ({', '.join(differ) or 'no eval_state.json'}); "
+                "pick another output_dir or pass --overwrite true",
+            )
+    write_json_atomic(state_path, fingerprint)
+    return read_partial_predictions(pred_path, split_uids)
+
+
+def _record(ex, scored) -> dict:
+    rec = {
+        "uid": ex.uid,
+        "sentence": ex.sentence,
+        "label": ex.label,
+        "prediction": scored.prediction,
+        "p_true": scored.p_true,
+        "category": ex.meta.get("category"),
+    }
+    if scored.raw is not None:
+        rec["raw"] = scored.raw
+    return rec
+
+
+def _score(model, processor, batch, template, eval_args: EvalArguments):
+    if eval_args.scoring == "likelihood":
+        return score_likelihood(model, processor, batch, template)
+    return score_generate(model, processor, batch, template, eval_args.max_new_tokens)
+
+
+_SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def image_order_probe(model, processor, examples, records: dict[str, dict], template, eval_args, out_dir: Path) -> dict:
+    """Swap the two images of every statement that names no side; the share of answers that change.
+
+    A model that reads both images gives the same answer either way; one that looks at a single image often does not.
+    Writes image_order_probe.jsonl (uid, prediction, swapped_prediction, p_true, swapped_p_true).
+    """
+    probe = [ex for ex in examples if len(ex.images) == 2 and not _SIDE_WORDS.search(ex.sentence)]
+    swapped = [replace(ex, images=ex.images[::-1]) for ex in probe]
+    rows = []
+    for batch in tqdm(list(batches_by_length(swapped, eval_args.batch_size)), desc="image-order probe", unit="batch"):
+        for ex, s in zip(batch, _score(model, processor, batch, template, eval_args), strict=True):
+            base = records[ex.uid]
+            rows.append(
+                {
+                    "uid": ex.uid,
+                    "prediction": base["prediction"],
+                    "swapped_prediction": s.prediction,
+                    "p_true": base["p_true"],
+                    "swapped_p_true": s.p_true,
+                }
+            )
+    write_jsonl_atomic(out_dir / "image_order_probe.jsonl", rows)
+    changed = sum(r["prediction"] != r["swapped_prediction"] for r in rows)
+    return {"n": len(rows), "n_changed": changed, "share_changed": changed / len(rows) if rows else None}
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def run_evaluation(
     eval_args: EvalArguments,
     data_args: DataArguments,
     model_args: ModelConfig,
     lab_args: LabModelArguments | None = None,
 ) -> dict:
-    """Score every example of the eval split, write predictions.jsonl (by uid) and metrics.json; return metrics."""
+    """Score every example of the eval split, write predictions.jsonl (by uid) and metrics.json; return metrics.
+
+    Predictions are appended and flushed per batch: a killed evaluation started again with the same settings and
+    output_dir scores only the examples it has not written yet.
+    """
     set_seed(eval_args.seed)
     start = time.time()
     template = get_template(data_args.prompt_template)
@@ -118,47 +267,40 @@ def run_evaluation(
             raise ValueError(f"uid {ex.uid}: appears twice in split {split!r}; predictions are keyed by uid")
         seen.add(ex.uid)
 
-    scored = {}
-    score_start = time.time()
-    with tqdm(total=len(examples), desc=f"eval {split} ({eval_args.scoring})", unit="ex") as bar:
-        for batch in batches_by_length(examples, eval_args.batch_size):
-            if eval_args.scoring == "likelihood":
-                results = score_likelihood(model, processor, batch, template)
-            else:
-                results = score_generate(model, processor, batch, template, eval_args.max_new_tokens)
-            scored.update({r.uid: r for r in results})
-            bar.update(len(batch))
-    score_seconds = time.time() - score_start
-
     out_dir = Path(eval_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    for ex in examples:  # the split's own order
-        s = scored[ex.uid]
-        rec = {
-            "uid": ex.uid,
-            "sentence": ex.sentence,
-            "label": ex.label,
-            "prediction": s.prediction,
-            "p_true": s.p_true,
-            "category": ex.meta.get("category"),
-        }
-        if s.raw is not None:
-            rec["raw"] = s.raw
-        records.append(rec)
-    tmp = out_dir / ".predictions.jsonl.tmp"
-    with tmp.open("w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec) + "\n")
-    tmp.replace(out_dir / "predictions.jsonl")
+    pred_path = out_dir / "predictions.jsonl"
+    done = _resume_state(out_dir, _fingerprint(eval_args, data_args, model_args, template), seen, eval_args.overwrite)
+    if done:
+        logger.info("%s: %d of %d examples already scored, continuing", pred_path, len(done), len(examples))
+    todo = [ex for ex in examples if ex.uid not in done]
+    score_start = time.time()
+    with (
+        pred_path.open("a") as fh,
+        tqdm(total=len(examples), initial=len(done), desc=f"eval {split} ({eval_args.scoring})", unit="ex") as bar,
+    ):
+        for batch in batches_by_length(todo, eval_args.batch_size):
+            for ex, scored in zip(batch, _score(model, processor, batch, template, eval_args), strict=True):
+                done[ex.uid] = _record(ex, scored)
+                fh.write(json.dumps(done[ex.uid]) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(len(batch))
+    score_seconds = time.time() - score_start
+    records = [done[ex.uid] for ex in examples]
+    write_jsonl_atomic(pred_path, records)  # complete: the split's own order
 
-    metrics = summarize(records) | {
+    metrics = summarize(records) | nlvr2_metrics(records, eval_args.seed)
+    if eval_args.image_order_probe:
+        metrics["image_order_probe"] = image_order_probe(model, processor, examples, done, template, eval_args, out_dir)
+    metrics |= {
         "split": split,
         "scoring": eval_args.scoring,
         "model": model_args.model_name_or_path,
         "adapter": eval_args.adapter_path,
         "prompt_template": template.name,
-        "examples_per_second": len(examples) / score_seconds if score_seconds > 0 else None,
+        "n_scored_this_run": len(todo),
+        "examples_per_second": len(todo) / score_seconds if todo and score_seconds > 0 else None,
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -170,6 +312,8 @@ def run_evaluation(
         eval_args.seed,
         kind="eval",
     )
+    if eval_args.report:
+        write_report(out_dir, seed=eval_args.seed)
     return metrics
 
 
