@@ -1,0 +1,124 @@
+"""The playground: one-shot calls append exactly one JSON line with the knobs, seeds make sampling reproducible,
+adapters are applied, and the interactive loop walks the UID cache."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+
+import pytest
+
+from scripts import model_playground
+from utils.example_lookup import data_arguments, find_example
+from utils.playground import DecodingKnobs, load_playground
+from utils.uid_cache import UidCache
+
+
+@pytest.fixture
+def image_files(synthetic_config, split_rows, tmp_path):
+    ex = find_example(data_arguments(synthetic_config), "test", next(iter(split_rows)))
+    paths = [tmp_path / "left.png", tmp_path / "right.png"]
+    for path, image in zip(paths, ex.images, strict=True):
+        image.save(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def playground(tiny_model_dir, tmp_path_factory):
+    return load_playground(model=str(tiny_model_dir), log=tmp_path_factory.mktemp("pg") / "log.jsonl")
+
+
+def test_one_shot_appends_exactly_one_json_line(tiny_model_dir, image_files, isolated_artifacts, capsys):
+    output = model_playground.main(
+        prompt="How many <shapes> & colours?",
+        image=image_files,
+        model=str(tiny_model_dir),
+        max_pixels=3136,
+        sample=True,
+        temperature=0.9,
+        top_k=20,
+        max_new_tokens=6,
+        seed=7,
+    )
+    assert capsys.readouterr().out == output + "\n"
+    lines = (isolated_artifacts / "logs" / "playground.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert {"time", "model", "adapter", "prompt", "images", "knobs", "output"} <= rec.keys()
+    assert rec["model"] == str(tiny_model_dir) and rec["adapter"] is None and rec["output"] == output
+    assert rec["prompt"] == "How many <shapes> & colours?"
+    assert rec["images"] == {"paths": [str(p.resolve()) for p in image_files]}
+    assert rec["knobs"] == {
+        "do_sample": True,
+        "max_new_tokens": 6,
+        "temperature": 0.9,
+        "top_p": 1.0,
+        "top_k": 20,
+        "num_beams": 1,
+        "repetition_penalty": 1.0,
+        "seed": 7,
+    }
+
+
+def test_seed_makes_sampling_reproducible(playground, image_files):
+    playground.load_paths(image_files)
+    outputs = {}
+    for seed in (0, 1, 2, 3, 0):
+        playground.knobs = DecodingKnobs(do_sample=True, max_new_tokens=8, temperature=1.5, seed=seed)
+        outputs.setdefault(seed, []).append(playground.ask("Describe the images."))
+    assert outputs[0][0] == outputs[0][1]  # same seed, same sample
+    assert len({o[0] for o in outputs.values()}) > 1  # and sampling does sample
+    playground.knobs = DecodingKnobs(max_new_tokens=8, num_beams=2, repetition_penalty=1.3)
+    assert playground.ask("Describe.") == playground.ask("Describe.")  # beam search is deterministic
+
+
+def test_adapter_is_applied(tiny_model_dir, synthetic_config, split_rows, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from training.models import DEFAULT_LORA_TARGETS
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(r=4, target_modules=DEFAULT_LORA_TARGETS, init_lora_weights=False)  # random: not a no-op
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    log = tmp_path / "log.jsonl"
+    uid = next(iter(split_rows))
+    common = dict(config=synthetic_config, model=str(tiny_model_dir), uid=uid, max_new_tokens=8, log=log)
+    with_adapter = model_playground.main(prompt="{sentence}", adapter=str(tmp_path / "adapter"), **common)
+    without = model_playground.main(prompt="{sentence}", **common)
+    first, second = (json.loads(line) for line in log.read_text().splitlines())
+    assert first["adapter"] == str(tmp_path / "adapter") and second["adapter"] is None
+    assert first["images"] == {"uid": uid, "split": "test", "dataset_source": "synthetic"}
+    assert first["prompt"] == split_rows[uid]["sentence"]  # {sentence} filled in from the example
+    assert with_adapter != without
+
+
+def test_interactive_loop_walks_the_uid_cache(playground, synthetic_config, split_rows, tmp_path):
+    uids = list(split_rows)
+    cache = UidCache(tmp_path / "cache.json")
+    cache.add(uids[4])
+    cache.add(uids[2])
+    playground.uid_cache, playground.data_args, playground.split = cache, data_arguments(synthetic_config), "test"
+    playground.log_path, playground.knobs = tmp_path / "log.jsonl", DecodingKnobs(max_new_tokens=4)
+    script = (
+        ":next\n:ask\n:next\n:set temperature=x\n:set max_new_tokens=3 bogus=1\n{sentence}?\n:next\n:prev\n:q\nafter\n"
+    )
+    out = io.StringIO()
+    model_playground.interact(playground, io.StringIO(script), out)
+    shown = out.getvalue()
+    assert f"{uids[4]}: {split_rows[uids[4]]['sentence']}" in shown and f"{uids[2]}: " in shown
+    assert "no more bookmarks that way" in shown and shown.count("error: ") == 2
+    records = [json.loads(line) for line in playground.log_path.read_text().splitlines()]
+    assert [r["images"]["uid"] for r in records] == [uids[4], uids[2]]  # :ask, then the free prompt; "after" never ran
+    assert (
+        records[0]["prompt_template"] == "nlvr2_true_false" and split_rows[uids[4]]["sentence"] in records[0]["prompt"]
+    )
+    assert records[1]["prompt"] == split_rows[uids[2]]["sentence"] + "?"
+    assert records[1]["knobs"] == asdict(DecodingKnobs(max_new_tokens=4))  # the failed :set changed nothing
+    assert playground.example.uid == uids[4]  # :prev after the end went back
+
+
+def test_uid_and_image_files_are_exclusive(tiny_model_dir, image_files):
+    with pytest.raises(ValueError, match="--uid and --image"):
+        model_playground.main(prompt="x", uid="syn_test-0-0-0", image=image_files, model=str(tiny_model_dir))
