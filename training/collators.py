@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from vlm_datasets.captions import to_chat
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
 from vlm_datasets.prompts import to_conversation
@@ -42,14 +43,17 @@ class PromptCompletionCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rendered = [render(self.processor, row) for row in rows]
         texts = [p + c for p, c in rendered]
-        batch = self.processor(
-            images=[row["images"] for row in rows],
-            text=texts,
-            padding=True,
-            padding_side="right",
-            return_tensors="pt",
-            add_special_tokens=False,
-        )
+        try:
+            batch = self.processor(
+                images=[row["images"] for row in rows],
+                text=texts,
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
+                add_special_tokens=False,
+            )
+        except (ValueError, TypeError) as e:  # e.g. Qwen2-VL's aspect-ratio limit, raised naming no example
+            raise self._culprit(rows, e) from e
         lengths = batch["attention_mask"].sum(dim=1)  # [B]
         if self.max_length is not None and int(lengths.max()) > self.max_length:
             i = int(lengths.argmax())
@@ -65,6 +69,16 @@ class PromptCompletionCollator:
             labels[i, end - n : end] = batch["input_ids"][i, end - n : end]
         batch["labels"] = labels
         return batch
+
+    def _culprit(self, rows: list[dict[str, Any]], error: Exception) -> DataError:
+        """The first row whose images the image processor refuses alone, else the whole batch, as a DataError."""
+        for row in rows:
+            try:
+                self.processor.image_processor(images=row["images"], return_tensors="pt")
+            except (ValueError, TypeError) as e:
+                return DataError(f"uid {row.get('uid', '?')}", f"the image processor refuses its images ({e})")
+        uids = ", ".join(str(row.get("uid", "?")) for row in rows)
+        return DataError(f"batch of uids {uids}", f"the processor failed ({error})")
 
 
 class ExampleCollator:
@@ -82,3 +96,14 @@ class ExampleCollator:
                 raise DataError(f"uid {example.uid}", "unlabeled example in a training batch")
             conversations.append(to_conversation(example, self.template))
         return self.inner(conversations)
+
+
+class CaptionCollator:
+    """Caption/instruction rows (vlm_datasets/captions.py) -> chat (image first in the first user turn) ->
+    `PromptCompletionCollator`: loss on the answer only."""
+
+    def __init__(self, processor, max_length: int | None = None):
+        self.inner = PromptCompletionCollator(processor, max_length=max_length)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.inner([to_chat(row) for row in rows])

@@ -23,6 +23,8 @@ PACKAGES = (
     "pillow",
 )
 _SECRET = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
+# Values that look like credentials whatever their key: Hugging Face tokens, and user:password@ in URLs.
+_SECRET_VALUE = re.compile(r"hf_[A-Za-z0-9]{20,}|(?<=://)[^/@\s]+:[^/@\s]+(?=@)")
 
 
 def library_versions() -> dict[str, str]:
@@ -42,13 +44,16 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items() if not _SECRET.search(str(k))}
     if isinstance(value, list | tuple | set):
         return [_jsonable(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub("<redacted>", value)
+    if isinstance(value, int | float | bool) or value is None:
         return value
-    return str(value)
+    return _SECRET_VALUE.sub("<redacted>", str(value))
 
 
 def config_dict(*args_objects) -> dict[str, Any]:
-    """Merge dataclass args into one JSON-safe dict; keys that look like secrets (tokens, passwords) are dropped."""
+    """Merge dataclass args into one JSON-safe dict; keys that look like secrets (tokens, passwords) are dropped and
+    values that look like one (an hf_ token, user:password@ in a URL) are redacted."""
     merged: dict[str, Any] = {}
     for obj in args_objects:
         d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
@@ -83,7 +88,7 @@ def write_run_record(
             "text": template.text,
             "answers": list(template.answers),
         },
-        "dataset": dataset_manifest,
+        "dataset": _jsonable(dataset_manifest),
         "config": config_dict(*args_objects),
         "versions": library_versions(),
     }

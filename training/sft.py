@@ -13,29 +13,65 @@ python training/sft.py --config training/configs/embedded_lora.yaml
 # Any field can be overridden on the command line, e.g.
 python training/sft.py --config training/configs/embedded_lora.yaml --max_steps 20 --lora_r 8
 
-# Resume from the last checkpoint of output_dir
+# Resume from the newest complete checkpoint of output_dir (a half-written one, from a killed save, is set aside)
 python training/sft.py --config training/configs/embedded_lora.yaml --resume_from_checkpoint true
+
+# Keep output_dir on local disk and mirror each checkpoint (atomically) to Drive; resume falls back to the mirror
+python training/sft.py --config training/configs/embedded_lora.yaml --output_dir /content/runs/embedded-lora \
+    --mirror_checkpoints_to /content/drive/MyDrive/VLM_Studies_Files --mirror_keep_last 2
+
+# Skip and count bad examples (unreadable images, bad labels, ...) instead of stopping at the first one
+python training/sft.py --config training/configs/embedded_lora.yaml --bad_examples skip
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_source
 from training.collators import ExampleCollator
 from training.models import LabModelArguments, load_model, load_processor, lora_config
 from training.run_record import write_run_record
+from utils.checkpoints import last_complete_checkpoint
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import dataset_manifest, load_split
+from vlm_datasets.loading import dataset_manifest, load_split, require_labels
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
 
 
-def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig, lab_args: LabModelArguments):
+def token_to_environment(training_args: SFTConfig) -> None:
+    """A hub token given as an argument moves to HF_TOKEN: the Trainer pickles its arguments, token included, into
+    training_args.bin in every checkpoint and in the run directory."""
+    if training_args.hub_token:
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
+
+
+def resume_checkpoint(resume: str | bool | None, output_dir: str, main_process: bool = True) -> str | bool | None:
+    """Resume "true"/"last" -> the newest complete checkpoint-N of output_dir (utils.checkpoints); a path stays."""
+    if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
+        found = last_complete_checkpoint(output_dir, set_aside=main_process)
+        if found is None:
+            raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir}")
+        return str(found)
+    return resume
+
+
+def main(
+    data_args: DataArguments,
+    training_args: SFTConfig,
+    model_args: ModelConfig,
+    lab_args: LabModelArguments,
+    train_lab_args: LabTrainingArguments | None = None,
+):
+    train_lab_args = train_lab_args or LabTrainingArguments()
     set_seed(training_args.seed)
+    token_to_environment(training_args)
     template = get_template(data_args.prompt_template)
 
     # Model and processor
@@ -49,10 +85,14 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelCo
     model = load_model(model_args, lab_args, trust_remote_code=training_args.trust_remote_code)
 
     # Dataset: canonical examples; the collator renders them with the template (images decoded once per batch)
-    train_dataset = load_split(data_args, data_args.dataset_train_split, limit=data_args.max_train_examples)
+    # Unlabeled rows fail (or are skipped and counted, bad_examples=skip) here, not at the step that meets them.
+    train_split, eval_split = data_args.dataset_train_split, data_args.dataset_eval_split
+    train_dataset = load_split(data_args, train_split, limit=data_args.max_train_examples)
+    train_dataset = require_labels(train_dataset, data_args, train_split)
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = load_split(data_args, data_args.dataset_eval_split, limit=data_args.max_eval_examples)
+        eval_dataset = load_split(data_args, eval_split, limit=data_args.max_eval_examples)
+        eval_dataset = require_labels(eval_dataset, data_args, eval_split)
     # Our collator needs the raw canonical columns and does its own tokenization.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -67,29 +107,32 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelCo
         processing_class=processor,
         peft_config=lora_config(model_args),
     )
-    if trainer.accelerator.is_main_process:
-        write_run_record(
-            training_args.output_dir,
-            (data_args, model_args, lab_args, training_args),
-            template,
-            dataset_manifest(data_args, data_args.dataset_train_split),
-            training_args.seed,
-            kind="sft",
-        )
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True  # the newest checkpoint-N in output_dir
+    mirror = add_lab_callbacks(trainer, train_lab_args, training_args)  # TensorBoard folder, checkpoint mirror
+
+    def record():
+        if trainer.accelerator.is_main_process:  # the data manifest lists the bad examples skipped so far
+            args = (data_args, model_args, lab_args, train_lab_args, training_args)
+            manifest = dataset_manifest(data_args, train_split)
+            write_run_record(training_args.output_dir, args, template, manifest, training_args.seed, kind="sft")
+
+    record()
+    main_process = trainer.accelerator.is_main_process
+    resume = resume_source(  # the mirror's newest complete copy when it is newer than output_dir's
+        training_args.resume_from_checkpoint, training_args.output_dir, mirror and mirror.dest, main_process
+    )
+    resume = resume_checkpoint(resume, training_args.output_dir, main_process)
     trainer.train(resume_from_checkpoint=resume)
 
     # Save adapter (or full model) + processor, so evaluation loads the run directory alone
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
+    record()  # again: a streamed split's skipped examples are known once it has been read
     return trainer
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((DataArguments, SFTConfig, ModelConfig, LabModelArguments))
+    return TrlParser((DataArguments, SFTConfig, ModelConfig, LabModelArguments, LabTrainingArguments))
 
 
 if __name__ == "__main__":

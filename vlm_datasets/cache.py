@@ -1,8 +1,9 @@
 """Cached mode: any source's splits saved as Arrow (save_to_disk) plus a manifest.json verified on load.
 
 Layout: <cache_dir>/<split>/{data-*.arrow, dataset_info.json, state.json} and <cache_dir>/manifest.json
-(written last). A build happens in a temporary sibling folder renamed into place when complete, so a killed
-build never leaves a cache that verifies. A cache that fails verification is refused, never rebuilt silently.
+(written last; it lists the bad examples a bad_examples=skip build left out, by uid and reason). A build happens
+in a temporary sibling folder renamed into place when complete, so a killed build never leaves a cache that
+verifies. A cache that fails verification is refused, never rebuilt silently.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import datasets
 
 from utils.artifacts import artifact_dir
+from vlm_datasets.bad_examples import new_skip_log, skip_report
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES
@@ -72,6 +74,8 @@ def cache_settings(args: DataArguments) -> dict[str, Any]:
             "synthetic_eval_size": args.synthetic_eval_size,
             "dataset_train_split": args.dataset_train_split,  # the split that gets synthetic_train_size
         }
+    if args.dataset_source != "synthetic" and args.bad_examples != "fail":
+        settings["bad_examples"] = args.bad_examples  # a cache that left bad examples out is no fail-fast cache
     return json.loads(json.dumps(settings))  # as the manifest stores it (tuples -> lists, ...)
 
 
@@ -92,6 +96,15 @@ def cache_slug(args: DataArguments) -> str:
 def resolve_cache_dir(args: DataArguments, cache_dir: str | Path | None = None) -> Path:
     """cache_dir, else args.dataset_cache_dir, else <artifact root>/datasets/<slug>."""
     return Path(cache_dir or args.dataset_cache_dir or artifact_dir("datasets") / cache_slug(args)).absolute()
+
+
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a split is a folder of the cache: no "/", no ".."
+
+
+def _check_split(split: str) -> str:
+    if not _SPLIT_NAME.fullmatch(split) or ".." in split:
+        raise ValueError(f"split name {split!r}: use letters, digits, '_', '-' and '.' (it names a cache folder)")
+    return split
 
 
 def _sha256(path: Path) -> str:
@@ -157,7 +170,7 @@ def load_cached_split(args: DataArguments, split: str, cache_dir: str | Path | N
     """Verify the cache (files, sha256, settings), then load one split from it (memory-mapped Arrow)."""
     cache_dir = resolve_cache_dir(args, cache_dir)
     manifest = verify_cache(args, cache_dir)
-    if split not in manifest["splits"]:
+    if _check_split(split) not in manifest["splits"]:
         have = sorted(manifest["splits"])
         raise _fail(cache_dir, None, f"split {split!r} not in the cache (it has {have})", NotCachedError)
     ds = datasets.load_from_disk(str(cache_dir / split))
@@ -209,11 +222,13 @@ def build_cache(args: DataArguments, split_names: Iterable[str], cache_dir: str 
 
     cache_dir = resolve_cache_dir(args, cache_dir)
     kept: dict[str, int] = {}
+    skipped: dict[str, dict[str, Any]] = {}
     try:
-        kept = verify_cache(args, cache_dir)["splits"]
+        old = verify_cache(args, cache_dir)
+        kept, skipped = old["splits"], old.get("skipped", {})
     except NotCachedError:
         pass
-    todo = [s for s in dict.fromkeys(split_names) if s not in kept]
+    todo = [_check_split(s) for s in dict.fromkeys(split_names) if s not in kept]
     if not todo:
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +244,9 @@ def build_cache(args: DataArguments, split_names: Iterable[str], cache_dir: str 
             ds = _materialize(source_split(args, split), scratch)
             ds.save_to_disk(str(tmp / split))
             sizes[split] = len(ds)
+            report = skip_report(args, split)  # read in full now: a stream's log is complete once materialized
+            skipped[split] = {"count": report["count"], "examples": report["examples"]}
+            new_skip_log(args, split)  # loads of the built split report these through the manifest, not twice
             del ds
             shutil.rmtree(scratch, ignore_errors=True)
         manifest = {
@@ -237,6 +255,8 @@ def build_cache(args: DataArguments, split_names: Iterable[str], cache_dir: str 
             "dataset_name": args.dataset_name if args.dataset_source == "hub" else None,
             "revision": args.dataset_revision if args.dataset_source == "hub" else None,
             "splits": sizes,
+            "bad_examples": args.bad_examples,
+            "skipped": {split: skipped.get(split, {"count": 0, "examples": []}) for split in sizes},
             "settings": cache_settings(args),
             "files": {rel: _sha256(tmp / rel) for rel in _data_files(tmp)},
             "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 SOURCES = ("hub", "nlvr2", "jsonl", "synthetic")
+BAD_EXAMPLE_POLICIES = ("fail", "skip")  # vlm_datasets.bad_examples
 
 
 @dataclass
@@ -57,6 +58,15 @@ class DataArguments:
     synthetic_grid: int = field(
         default=2, metadata={"help": "Synthetic source: cells per image side (28 px each, one vision token)."}
     )
+    bad_examples: str = field(
+        default="fail",
+        metadata={
+            "help": "A bad example (unreadable image, bad label, duplicate uid, malformed line, unlabeled in "
+            "training): fail stops at the first one naming it; skip drops it and counts it (uid + reason) in the "
+            "run record and the cache manifest.",
+            "choices": list(BAD_EXAMPLE_POLICIES),
+        },
+    )
     prompt_template: str = field(
         default="nlvr2_true_false",
         metadata={"help": "Prompt template name (vlm_datasets.prompts.TEMPLATES)."},
@@ -74,6 +84,8 @@ class DataArguments:
     def __post_init__(self):
         if self.dataset_source not in SOURCES:
             raise ValueError(f"dataset_source {self.dataset_source!r} unknown; choose one of {list(SOURCES)}")
+        if self.bad_examples not in BAD_EXAMPLE_POLICIES:
+            raise ValueError(f"bad_examples {self.bad_examples!r} unknown; choose one of {list(BAD_EXAMPLE_POLICIES)}")
         if isinstance(self.dataset_column_map, str):
             try:
                 self.dataset_column_map = json.loads(self.dataset_column_map)

@@ -14,11 +14,12 @@ import huggingface_hub.constants
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
 
+from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES, Example
-from vlm_datasets.images import open_image
-from vlm_datasets.labels import parse_label
+from vlm_datasets.images import normalize_image, open_image
+from vlm_datasets.labels import parse_label, parse_sentence, parse_uid
 from vlm_datasets.manifest import check_column_map
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def resolve_column_map(columns: list[str], explicit: dict | None = None, where: 
 def _to_rgb(value: Any, where: str) -> Image.Image:
     """An image cell (PIL, {"bytes", "path"}, bytes or a local path) -> a fresh RGB PIL image."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")  # a copy without .format, so datasets stores it losslessly (PNG)
+        return normalize_image(value, where)  # a copy without .format, so datasets stores it losslessly (PNG)
     if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
         return open_image(value["bytes"] or value["path"], where)
     if isinstance(value, bytes | bytearray | str | Path):
@@ -143,9 +144,17 @@ def _json_safe(value: Any) -> Any:
 
 
 def to_canonical(
-    ds: datasets.Dataset | datasets.IterableDataset, column_map: dict | None = None, where: str = "dataset"
+    ds: datasets.Dataset | datasets.IterableDataset,
+    column_map: dict | None = None,
+    where: str = "dataset",
+    log: SkipLog | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Map any mirror-layout dataset (map-style or streaming) to CANONICAL_FEATURES; other columns -> meta."""
+    """Map any mirror-layout dataset (map-style or streaming) to CANONICAL_FEATURES; other columns -> meta.
+
+    A malformed row (no uid or sentence, a bad label, an unreadable image) raises a DataError naming it, or with a
+    skipping `log` (bad_examples=skip) is dropped and recorded there: as the rows are read, for a stream.
+    """
+    log = SkipLog("fail", where) if log is None else log
     features = ds.features
     columns = list(ds.column_names or features or next(iter(ds)).keys())  # streaming may lack both: peek
     cmap = resolve_column_map(columns, column_map, where)
@@ -159,24 +168,50 @@ def to_canonical(
         label_names = features[cmap.label].names  # ints -> names ("True"/"False"), in the mirror's own order
     meta_columns = [c for c in columns if c not in {cmap.uid, cmap.sentence, cmap.label} | image_columns]
 
-    def convert(row: dict[str, Any]) -> dict[str, Any]:
-        uid = row[cmap.uid]
-        if uid is None:
-            raise DataError(where, f"row without a uid (column {cmap.uid!r})")
-        uid = str(uid)
+    def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
+        if row[cmap.uid] is None:
+            raise DataError(f"{where} row {index}", f"row without a uid (column {cmap.uid!r})")
+        uid = parse_uid(row[cmap.uid], f"{where} row {index}")
         if row[cmap.sentence] is None:
             raise DataError(f"uid {uid}", f"missing field 'sentence' (column {cmap.sentence!r})")
+        sentence = parse_sentence(row[cmap.sentence], uid, cmap.sentence)
         label = row[cmap.label] if cmap.label else None
         if label_names is not None and label is not None:
             label = None if label == -1 else label_names[label]  # -1: datasets' "no label" for ClassLabel
+        label = parse_label(label, uid)
         cells = row[cmap.images[0]] if cmap.images_is_list else [row[c] for c in cmap.images]
         if cells is None or len(cells) == 0 or any(c is None for c in cells):
             raise DataError(f"uid {uid}", f"missing image (columns {list(cmap.images)})")
         images = [_to_rgb(cell, f"uid {uid}, image {i}") for i, cell in enumerate(cells)]
         meta = {c: v for c in meta_columns if (v := _json_safe(row[c])) is not _SKIP}
-        return Example(uid, images, str(row[cmap.sentence]), parse_label(label, uid), meta).to_row()
+        return Example(uid, images, sentence, label, meta).to_row()
 
-    return ds.map(convert, remove_columns=columns, features=CANONICAL_FEATURES)
+    def convert_batch(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        """One row in, zero (a skipped bad row) or one row out: a batched map may drop rows."""
+        out: dict[str, list] = {name: [] for name in CANONICAL_FEATURES}
+        for j, index in enumerate(indices):
+            row = {c: batch[c][j] for c in columns}
+            try:
+                converted = convert(row, index)
+            except DataError as e:
+                log.bad(e, uid=row[cmap.uid] if isinstance(row[cmap.uid], str) else None)
+                continue
+            for name, value in converted.items():
+                out[name].append(value)
+        return out
+
+    kwargs = {}
+    if isinstance(ds, datasets.Dataset) and log.policy == "skip":
+        kwargs["load_from_cache_file"] = False  # a reused map cache would skip rows without naming them again
+    return ds.map(
+        convert_batch,
+        batched=True,
+        batch_size=1,  # a stream decodes one row at a time, not a thousand
+        with_indices=True,
+        remove_columns=columns,
+        features=CANONICAL_FEATURES,
+        **kwargs,
+    )
 
 
 def _is_offline() -> bool:
@@ -213,4 +248,5 @@ def load_hub_dataset(args: DataArguments, split: str) -> datasets.Dataset | data
 def hub_split(args: DataArguments, split: str) -> datasets.Dataset | datasets.IterableDataset:
     """The hub source in CANONICAL_FEATURES (an IterableDataset when dataset_streaming)."""
     ds = load_hub_dataset(args, split)
-    return to_canonical(ds, args.dataset_column_map, where=f"hub dataset {args.dataset_name} split {split}")
+    where = f"hub dataset {args.dataset_name} split {split}"
+    return to_canonical(ds, args.dataset_column_map, where=where, log=new_skip_log(args, split))

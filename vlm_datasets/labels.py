@@ -1,4 +1,4 @@
-"""Parsing of NLVR2 labels, identifiers and model answers."""
+"""Parsing of NLVR2 record fields (uid, sentence, label), identifiers and model answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from vlm_datasets.errors import DataError
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
-_UID_RE = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<set_id>\d+)-(?P<pair_id>\d+)-(?P<sentence_id>\d+)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# ASCII digits only ("\d" takes other scripts' digits: two uids would name one image) and fullmatch ("$" would
+# accept a final newline).
+_UID_RE = re.compile(r"(?P<split>[A-Za-z0-9_]+)-(?P<set_id>[0-9]+)-(?P<pair_id>[0-9]+)-(?P<sentence_id>[0-9]+)")
 
 
 def parse_label(value, uid: str = "?") -> bool | None:
@@ -27,6 +30,27 @@ def parse_label(value, uid: str = "?") -> bool | None:
         if v in _FALSE:
             return False
     raise DataError(f"uid {uid}", f"unparseable label {value!r} (expected True/False, yes/no or 1/0)")
+
+
+def parse_uid(value, where: str) -> str:
+    """A record's uid (a string, or an int written as one). Refused: empty, padded with spaces, or holding control
+    characters (a newline breaks one-uid-a-line files). Path separators and ".." are kept: a uid is data, never a
+    path; files named after uids go through utils.file_names.safe_stem."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(where, f"uid must be a string, got {type(value).__name__} {value!r}")
+    uid = str(value)
+    if not uid or uid != uid.strip() or _CONTROL.search(uid):
+        raise DataError(where, f"uid {uid!r} is empty, padded with spaces or holds control characters")
+    return uid
+
+
+def parse_sentence(value, uid: str, field: str = "sentence") -> str:
+    """The statement: a non-blank string, kept exactly as written (non-ASCII and HTML included)."""
+    if not isinstance(value, str):
+        raise DataError(f"uid {uid}", f"field {field!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"uid {uid}", f"field {field!r} is blank")
+    return value
 
 
 @dataclass(frozen=True)
@@ -49,7 +73,7 @@ class Identifier:
 
 
 def parse_identifier(uid: str) -> Identifier:
-    m = _UID_RE.match(uid)
+    m = _UID_RE.fullmatch(uid) if isinstance(uid, str) else None
     if not m:
         raise DataError(f"uid {uid!r}", "not an NLVR2 identifier of the form split-set_id-pair_id-sentence_id")
     return Identifier(m["split"], int(m["set_id"]), int(m["pair_id"]), int(m["sentence_id"]))

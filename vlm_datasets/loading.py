@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import datasets
 
+from vlm_datasets.bad_examples import skip_log, skip_report
 from vlm_datasets.cache import NotCachedError, build_cache, load_cached_split, resolve_cache_dir
 from vlm_datasets.config import DataArguments
+from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, row_to_example
 from vlm_datasets.hub import hub_split
 from vlm_datasets.manifest import jsonl_split
@@ -62,13 +64,41 @@ def iter_examples(ds: Iterable[dict]) -> Iterator[Example]:
         yield row_to_example(row)
 
 
+def require_labels(ds: datasets.Dataset | datasets.IterableDataset, args: DataArguments, split: str):
+    """A training split without unlabeled rows: the first one fails here, before any step (bad_examples=fail), or
+    they are dropped and counted in the split's skip report (skip). A stream is filtered as it is read."""
+    log = skip_log(args, split)
+
+    def labeled(row: dict) -> bool:
+        if row["label"] is None:
+            log.bad(DataError(f"uid {row['uid']}", f"unlabeled example in training split {split!r}"), uid=row["uid"])
+        return row["label"] is not None
+
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.filter(labeled)
+    unlabeled = [i for i, label in enumerate(ds["label"]) if label is None]  # one column: no image decoded
+    if not unlabeled:
+        return ds
+    for uid in ds.select_columns(["uid"]).select(unlabeled)["uid"]:
+        labeled({"uid": uid, "label": None})  # raises on the first one under bad_examples=fail
+    return ds.select(sorted(set(range(len(ds))) - set(unlabeled)))
+
+
 def dataset_manifest(args: DataArguments, split: str) -> dict:
-    """What a run records about its data: the source settings, and the verified cache manifest in cached mode."""
+    """What a run records about its data: the source settings, the bad examples skipped (uid + reason) and the
+    verified cache manifest in cached mode (whose "skipped" lists those the cache build left out)."""
     from vlm_datasets.cache import cache_settings, verify_cache
 
     record = {"source": args.dataset_source, "split": split, "settings": cache_settings(args)}
+    record["skipped"] = skip_report(args, split)
     if args.dataset_cached:
         cache_dir = resolve_cache_dir(args)
         record["cache_dir"] = str(cache_dir)
         record["cache_manifest"] = verify_cache(args, cache_dir)
+        built = record["cache_manifest"].get("skipped", {}).get(split, {"count": 0, "examples": []})
+        record["skipped"] = {
+            "policy": args.bad_examples,
+            "count": built["count"] + record["skipped"]["count"],
+            "examples": built["examples"] + record["skipped"]["examples"],
+        }
     return record

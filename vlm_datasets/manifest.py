@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,12 @@ from typing import Any
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
+from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES, Example
 from vlm_datasets.images import open_image
-from vlm_datasets.labels import parse_label
+from vlm_datasets.labels import parse_label, parse_sentence, parse_uid
 
 # Keys a dataset_column_map may hold (hub and JSONL): images is one list column, or left_image + right_image.
 COLUMN_MAP_KEYS = ("uid", "sentence", "label", "images", "left_image", "right_image")
@@ -69,46 +70,76 @@ def content_fingerprint(kind: str, text_file: Path, image_paths: Iterable[Path])
     return h.hexdigest()
 
 
-def dataset_from_examples(
-    make_examples: Callable[[], Iterator[Example]], fingerprint: str, split: str
-) -> datasets.Dataset:
-    """Write examples to Arrow with `Dataset.from_generator`, streamed to disk (never a split in memory).
+def dataset_from_examples(items: list[LocalItem], fingerprint: str, split: str, log: SkipLog) -> datasets.Dataset:
+    """Open the items' images and write the examples to Arrow with `Dataset.from_generator`, streamed to disk.
 
     from_generator reuses its cache by fingerprint; ours hashes the input files' contents and stats, so a
-    changed file gives a fresh build while unchanged files reuse the Arrow files.
+    changed file gives a fresh build while unchanged files reuse the Arrow files. An item whose images fail to
+    open goes to `log` (raised under bad_examples=fail); when the Arrow files are reused, the items missing from
+    them are opened again so that the log names them and their reason as the first build did.
     """
 
+    failed: set[str] = set()
+
     def rows() -> Iterator[dict[str, Any]]:
-        for ex in make_examples():
-            yield ex.to_row()
+        for item in items:
+            try:
+                example = item.to_example()
+            except DataError as e:
+                log.bad(e, uid=item.uid)
+                failed.add(item.uid)
+                continue
+            yield example.to_row()
 
     fingerprint = hashlib.sha256(f"{fingerprint}:{split}".encode()).hexdigest()  # one file, several splits
     try:
-        return datasets.Dataset.from_generator(
+        ds = datasets.Dataset.from_generator(
             rows, features=CANONICAL_FEATURES, fingerprint=fingerprint, split=datasets.NamedSplit(split)
         )
     except DatasetGenerationError as e:  # datasets wraps errors raised in the generator: surface ours as is
         if isinstance(e.__cause__, DataError):
             raise e.__cause__ from None
         raise
+    if len(ds) + len(failed) != len(items):  # the Arrow files were reused: which items are not in them?
+        kept = set(ds["uid"])
+        for item in items:
+            if item.uid not in kept:
+                try:
+                    item.to_example()
+                except DataError as e:
+                    log.bad(e, uid=item.uid)
+                    continue
+                raise RuntimeError(f"{split}: uid {item.uid} is missing from the Arrow cache but reads fine")
+    return ds
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ("<path> line <n>", record) per non-blank line; malformed JSON or a non-object is a DataError."""
+def read_jsonl(path: Path, log: SkipLog | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ("<path> line <n>", record) per non-blank line; a line that is not UTF-8 JSON holding an object is a
+    DataError, raised, or given to `log` (which raises it under bad_examples=fail) and the line skipped."""
     if not path.is_file():
         raise DataError(str(path), "file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             where = f"{path} line {lineno}"
             try:
-                record = json.loads(line)
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is not part of the JSON
+                if not line.strip():
+                    continue
+                record = json.loads(line.rstrip("\r\n"))  # error positions then read "line 1 column k"
+                if not isinstance(record, dict):
+                    raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
+            except UnicodeDecodeError as e:
+                error = DataError(where, f"not valid UTF-8 ({e.reason} at byte {e.start})")
             except json.JSONDecodeError as e:
-                raise DataError(where, f"malformed JSON: {e}") from None
-            if not isinstance(record, dict):
-                raise DataError(where, f"expected a JSON object, got {type(record).__name__}")
-            yield where, record
+                error = DataError(where, f"malformed JSON: {e}")
+            except DataError as e:
+                error = e
+            else:
+                yield where, record
+                continue
+            if log is None:
+                raise error
+            log.bad(error)
 
 
 def _require(record: dict[str, Any], key: str, where: str) -> Any:
@@ -117,30 +148,39 @@ def _require(record: dict[str, Any], key: str, where: str) -> Any:
     return record[key]
 
 
-def _manifest_items(path: Path, column_map: dict | None) -> list[LocalItem]:
-    """Parse and check every line (fields, label, images exist) before any image is opened."""
+def record_uid(record: dict[str, Any], key: str, where: str) -> str:
+    """The record's uid (see labels.parse_uid); missing -> DataError naming the file and line."""
+    return parse_uid(_require(record, key, where), where)
+
+
+def _manifest_items(path: Path, column_map: dict | None, log: SkipLog | None = None) -> list[LocalItem]:
+    """Parse and check every line (fields, label, images exist) before any image is opened; bad lines go to log."""
+    log = SkipLog("fail", str(path)) if log is None else log
     keys = {"uid": "uid", "sentence": "sentence", "label": "label", "images": "images"}
     keys.update(check_column_map(column_map))
     pair = (keys["left_image"], keys["right_image"]) if "left_image" in keys else None
     used = {keys["uid"], keys["sentence"], keys["label"], *(pair or (keys["images"],))}
     items, seen = [], {}
-    for where, rec in read_jsonl(path):
-        uid = str(_require(rec, keys["uid"], where))
-        where = f"{where} (uid {uid})"
-        if uid in seen:
-            raise DataError(where, f"duplicate uid (first at {seen[uid]})")
-        seen[uid] = where
-        sentence = _require(rec, keys["sentence"], where)
-        if not isinstance(sentence, str):
-            raise DataError(where, f"field {keys['sentence']!r} must be a string")
-        label = parse_label(rec.get(keys["label"]), uid)
-        names = [_require(rec, k, where) for k in pair] if pair else _require(rec, keys["images"], where)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise DataError(where, f"field {keys['images']!r} must be a non-empty list of image paths")
-        paths = [Path(n) if Path(n).is_absolute() else path.parent / n for n in names]
-        for p in paths:
-            if not p.is_file():
-                raise DataError(where, f"image not found: {p}")
+    for where, rec in read_jsonl(path, log):
+        uid = None
+        try:
+            uid = record_uid(rec, keys["uid"], where)
+            where = f"{where} (uid {uid})"
+            if uid in seen:
+                raise DataError(where, f"duplicate uid (first at {seen[uid]})")
+            seen[uid] = where
+            sentence = parse_sentence(_require(rec, keys["sentence"], where), uid, keys["sentence"])
+            label = parse_label(rec.get(keys["label"]), uid)
+            names = [_require(rec, k, where) for k in pair] if pair else _require(rec, keys["images"], where)
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+                raise DataError(where, f"field {keys['images']!r} must be a non-empty list of image paths")
+            paths = [Path(n) if Path(n).is_absolute() else path.parent / n for n in names]
+            for p in paths:
+                if not p.is_file():
+                    raise DataError(where, f"image not found: {p}")
+        except DataError as e:
+            log.bad(e, uid=uid)
+            continue
         meta = {k: v for k, v in rec.items() if k not in used}
         items.append(LocalItem(uid, paths, names, sentence, label, meta))
     return items
@@ -164,8 +204,9 @@ def manifest_path(args: DataArguments, split: str) -> Path:
 
 
 def jsonl_split(args: DataArguments, split: str) -> datasets.Dataset:
-    """The JSONL manifest source as an Arrow dataset in CANONICAL_FEATURES."""
+    """The JSONL manifest source as an Arrow dataset in CANONICAL_FEATURES (bad lines per args.bad_examples)."""
     path = manifest_path(args, split)
-    items = _manifest_items(path, args.dataset_column_map)
+    log = new_skip_log(args, split)
+    items = _manifest_items(path, args.dataset_column_map, log)
     fingerprint = content_fingerprint("jsonl", path, [p for it in items for p in it.paths])
-    return dataset_from_examples(lambda: (it.to_example() for it in items), fingerprint, split)
+    return dataset_from_examples(items, fingerprint, split, log)

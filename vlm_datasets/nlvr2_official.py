@@ -9,9 +9,10 @@ from typing import Any
 
 import datasets
 
+from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
-from vlm_datasets.labels import parse_identifier, parse_label
+from vlm_datasets.labels import parse_identifier, parse_label, parse_sentence, parse_uid
 from vlm_datasets.manifest import LocalItem, content_fingerprint, dataset_from_examples, read_jsonl
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -19,11 +20,15 @@ REQUIRED_FIELDS = ("identifier", "sentence")  # label too, except in unlabeled (
 NUM_IMAGES = 2  # left, right
 
 
-def _read_numbered(json_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    for where, record in read_jsonl(json_path):
-        for key in REQUIRED_FIELDS:
-            if record.get(key) is None:
-                raise DataError(where, f"missing field {key!r}")
+def _read_numbered(json_path: Path, log: SkipLog | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    for where, record in read_jsonl(json_path, log):
+        missing = [key for key in REQUIRED_FIELDS if record.get(key) is None]
+        if missing:
+            error = DataError(where, f"missing field {missing[0]!r}")
+            if log is None:
+                raise error
+            log.bad(error, uid=record.get("identifier") if isinstance(record.get("identifier"), str) else None)
+            continue
         yield where, record
 
 
@@ -52,26 +57,40 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
     return index
 
 
-def official_items(json_path: Path, image_dir: Path, index: dict[str, Path] | None = None) -> list[LocalItem]:
-    """Check every record of a split (fields, label, both images present) before any image is opened."""
+def official_items(
+    json_path: Path, image_dir: Path, index: dict[str, Path] | None = None, log: SkipLog | None = None
+) -> list[LocalItem]:
+    """Check every record of a split (fields, label, both images present) before any image is opened; bad records
+    go to log (raised under bad_examples=fail, the default without a log)."""
     index = index_images(image_dir) if index is None else index
+    log = SkipLog("fail", str(json_path)) if log is None else log
     items, seen = [], {}
-    for where, rec in _read_numbered(json_path):
-        uid = str(rec["identifier"])
-        where = f"{where}, uid {uid}"
-        if uid in seen:
-            raise DataError(where, f"duplicate identifier (first at {seen[uid]})")
-        seen[uid] = where
-        ident = parse_identifier(uid)
-        paths = []
-        for i in range(NUM_IMAGES):
-            stem = ident.image_stem(i)
-            if stem not in index:
-                raise DataError(where, f"missing image {stem}.png (searched {image_dir} and its subfolders)")
-            paths.append(index[stem])
+    for where, rec in _read_numbered(json_path, log):
+        uid = None
+        try:
+            uid = parse_uid(rec["identifier"], where)
+            where = f"{where}, uid {uid}"
+            if uid in seen:
+                raise DataError(where, f"duplicate identifier (first at {seen[uid]})")
+            seen[uid] = where
+            try:
+                ident = parse_identifier(uid)
+            except DataError as e:  # its message names the uid (quoted): add the file and line
+                raise DataError(f"{where.rsplit(', uid ', 1)[0]}, {e.where}", e.problem) from None
+            paths = []
+            for i in range(NUM_IMAGES):
+                stem = ident.image_stem(i)
+                if stem not in index:
+                    raise DataError(where, f"missing image {stem}.png (searched {image_dir} and its subfolders)")
+                paths.append(index[stem])
+            sentence = parse_sentence(rec["sentence"], uid)
+            label = parse_label(rec.get("label"), uid)
+        except DataError as e:
+            log.bad(e, uid=uid)
+            continue
         meta = {k: v for k, v in rec.items() if k not in ("identifier", "sentence", "label")}
         names = [str(p.relative_to(image_dir)) for p in paths]
-        items.append(LocalItem(uid, paths, names, str(rec["sentence"]), parse_label(rec.get("label"), uid), meta))
+        items.append(LocalItem(uid, paths, names, sentence, label, meta))
     return items
 
 
@@ -87,8 +106,10 @@ def split_files(args: DataArguments, split: str) -> tuple[Path, Path]:
 
 
 def nlvr2_split(args: DataArguments, split: str) -> datasets.Dataset:
-    """The official layout as an Arrow dataset in CANONICAL_FEATURES (rebuilt whenever a file changes)."""
+    """The official layout as an Arrow dataset in CANONICAL_FEATURES (rebuilt whenever a file changes); bad records
+    and unreadable images per args.bad_examples."""
     json_path, image_dir = split_files(args, split)
-    items = official_items(json_path, image_dir)
+    log = new_skip_log(args, split)
+    items = official_items(json_path, image_dir, log=log)
     fingerprint = content_fingerprint("nlvr2", json_path, [p for it in items for p in it.paths])
-    return dataset_from_examples(lambda: (it.to_example() for it in items), fingerprint, split)
+    return dataset_from_examples(items, fingerprint, split, log)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from training.sft import main, make_parser
@@ -74,7 +75,8 @@ def test_adapter_training_changes_only_adapter_parameters(tiny_model_dir, tmp_pa
     adapter = load_file(out / "adapter_model.safetensors")
     assert adapter and all("lora_" in k for k in adapter)
     record = json.loads((out / "run_record.json").read_text())
-    assert record["prompt_template"]["name"] == "nlvr2_true_false"
+    configured = yaml.safe_load((REPO / "training/configs/embedded_lora.yaml").read_text())["prompt_template"]
+    assert record["prompt_template"]["name"] == configured
     assert record["seed"] == 0 and record["versions"]["trl"]
     assert record["dataset"]["settings"]["source"] == "synthetic"
     assert (out / "processor_config.json").exists() or (out / "preprocessor_config.json").exists()

@@ -1,0 +1,237 @@
+"""Measure what every stage does with each case of the bad-input corpus, and print it as a markdown table.
+
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python tests/reliability/reliability_report.py [--kills N]
+
+Stages: each local loader (official NLVR2 layout, JSONL manifest) under bad_examples=fail (the case alone beside
+one good example) and skip (every case in one file), the cache build (skip: its manifest.json), the training
+collator on one batch of every example that loaded, and evaluation (predictions.jsonl and run_record.json) on the
+tiny model. `--kills N` also runs N SIGKILL-and-resume trainings and N killed cache builds (see test_interruption).
+The tests in this folder assert the same outcomes against the expectations in reliability_corpus.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from reliability_corpus import BY_NAME, CASES, LOADERS, SPLIT, Case, Corpus, write_corpus  # noqa: E402
+
+from vlm_datasets.cache import build_cache, load_cached_split  # noqa: E402
+from vlm_datasets.config import DataArguments  # noqa: E402
+from vlm_datasets.errors import DataError  # noqa: E402
+from vlm_datasets.loading import iter_examples, load_split  # noqa: E402
+
+
+@dataclass
+class Outcome:
+    """What one stage did with one case: "ok" (loaded, check passed), "rejected" (DataError) or "skipped"."""
+
+    status: str
+    detail: str = ""  # the reason (DataError.problem)
+    names_it: bool | None = None  # a rejection's message names the uid or the file
+    message: str = ""  # the whole message of a rejection
+
+    def cell(self) -> str:
+        if self.status == "rejected":
+            return f"rejected: {short(self.detail)}" + ("" if self.names_it else " (UNNAMED)")
+        if self.status == "skipped":
+            return "skipped"  # the reason: as in the fail column (the tests compare both with the expectation)
+        return self.status + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class Row:
+    case: Case
+    stages: dict[str, Outcome] = field(default_factory=dict)
+
+
+def short(reason: str, n: int = 60) -> str:
+    reason = re.sub(r"\(.*", "", reason).strip().rstrip(":;,")  # drop the library's own detail
+    reason = re.sub(r"/\S+/", ".../", reason)
+    return reason if len(reason) <= n else reason[: n - 3] + "..."
+
+
+def data_args(corpus: Corpus, loader: str, policy: str, **kwargs) -> DataArguments:
+    path = corpus.nlvr2 if loader == "nlvr2" else corpus.jsonl
+    return DataArguments(dataset_source=loader, dataset_path=str(path), bad_examples=policy, **kwargs)
+
+
+def _names(message: str, corpus: Corpus, case: Case) -> bool:
+    uid = corpus.uids.get(case.name)
+    files = (str(corpus.nlvr2), str(corpus.jsonl))
+    named = uid and (f"uid {uid}" in message or f"uid {uid!r}" in message)
+    return bool(named) or any(f in message for f in files)
+
+
+def _loaded_outcome(case: Case, ex) -> Outcome:
+    if ex is None:
+        return Outcome("missing")  # loaded without an error but not there: a silent drop
+    if case.check:
+        try:
+            case.check(ex)
+        except AssertionError as e:
+            return Outcome("WRONG", str(e))
+    return Outcome("ok")
+
+
+def fail_fast(case: Case, loader: str, root: Path) -> Outcome:
+    """The case beside one good example, bad_examples=fail: loads (and passes its check) or raises naming it."""
+    corpus = write_corpus(root / f"{case.name}-{loader}", [BY_NAME["png"], case])
+    try:
+        ds = load_split(data_args(corpus, loader, "fail"), SPLIT)
+    except DataError as e:
+        return Outcome("rejected", e.problem, _names(str(e), corpus, case), str(e))
+    examples = {ex.uid: ex for ex in iter_examples(ds)}
+    return _loaded_outcome(case, examples.get(corpus.uids[case.name]))
+
+
+def skipping(corpus: Corpus, ds, report: dict) -> dict[str, Outcome]:
+    """Per case: ok (in ds, check passed), skipped (in the report, with its reason) or missing (neither)."""
+    examples = {ex.uid: ex for ex in iter_examples(ds)}
+    skipped: dict[str, dict] = {}
+    for entry in report["examples"]:
+        name = corpus.case_of(entry)
+        if name is not None:
+            skipped.setdefault(name, entry)
+    out = {}
+    for case in corpus.cases:
+        if case.name in skipped:
+            out[case.name] = Outcome("skipped", skipped[case.name]["reason"])
+        else:
+            out[case.name] = _loaded_outcome(case, examples.get(corpus.uids[case.name]))
+    return out
+
+
+def measure_loaders(root: Path, cases: list[Case] = CASES) -> tuple[list[Row], dict[str, Corpus]]:
+    """Every case through both loaders (fail and skip) and the cache build (skip); returns rows and corpora."""
+    from vlm_datasets.bad_examples import skip_report
+
+    rows = {c.name: Row(c) for c in cases}
+    corpora = {}
+    for loader in LOADERS:
+        for case in cases:
+            rows[case.name].stages[f"{loader} fail"] = fail_fast(case, loader, root / "single")
+        corpus = corpora[loader] = write_corpus(root / f"all-{loader}", cases)
+        args = data_args(corpus, loader, "skip")
+        ds = load_split(args, SPLIT)
+        for name, outcome in skipping(corpus, ds, skip_report(args, SPLIT)).items():
+            rows[name].stages[f"{loader} skip"] = outcome
+        cache_dir = build_cache(args, [SPLIT], root / f"cache-{loader}")
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        cached = load_cached_split(args, SPLIT, cache_dir)
+        for name, outcome in skipping(corpus, cached, manifest["skipped"][SPLIT]).items():
+            rows[name].stages[f"{loader} cache"] = outcome
+    return list(rows.values()), corpora
+
+
+def measure_collator(rows: list[Row], corpus: Corpus, model_dir: Path) -> None:
+    """One batch of every labeled example the JSONL loader kept, through the training collator."""
+    from training.collators import IGNORE_INDEX, ExampleCollator
+    from training.models import load_processor
+    from vlm_datasets.prompts import get_template
+
+    ds = load_split(data_args(corpus, "jsonl", "skip"), SPLIT)
+    batch_rows = [r for r in ds if r["label"] is not None]
+    processor = load_processor(str(model_dir))
+    batch = ExampleCollator(processor, get_template("nlvr2_true_false"))(batch_rows)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    by_uid = {r["uid"]: i for i, r in enumerate(batch_rows)}
+    for row in rows:
+        uid = corpus.uids[row.case.name]
+        if uid in by_uid:
+            i = by_uid[uid]
+            ok = (batch["input_ids"][i] == image_id).sum() > 0 and (batch["labels"][i] != IGNORE_INDEX).sum() > 0
+            row.stages["collator"] = Outcome("ok" if ok else "WRONG")
+        elif uid in {r["uid"] for r in ds}:
+            row.stages["collator"] = Outcome("-", "unlabeled: refused in training")
+        else:
+            row.stages["collator"] = Outcome("-")
+
+
+def measure_eval(rows: list[Row], corpus: Corpus, model_dir: Path, out_dir: Path) -> dict:
+    """run_evaluation on the JSONL corpus (skip): one prediction per kept uid; the run record counts the rest."""
+    from trl import ModelConfig
+
+    from evals.evaluate import EvalArguments, run_evaluation
+
+    eval_args = EvalArguments(output_dir=str(out_dir), batch_size=8, report=False)
+    args = data_args(corpus, "jsonl", "skip", dataset_eval_split=SPLIT)
+    run_evaluation(eval_args, args, ModelConfig(model_name_or_path=str(model_dir), dtype="float32"))
+    predicted = {json.loads(line)["uid"] for line in (out_dir / "predictions.jsonl").read_text().splitlines()}
+    record = json.loads((out_dir / "run_record.json").read_text())
+    skipped = {corpus.case_of(e) for e in record["dataset"]["skipped"]["examples"]}
+    for row in rows:
+        uid = corpus.uids[row.case.name]
+        if row.case.name in skipped and not row.case.duplicate:
+            row.stages["eval"] = Outcome("skipped")
+        elif uid in predicted:
+            row.stages["eval"] = Outcome("predicted" + (", 2nd line skipped" if row.case.duplicate else ""))
+        else:
+            row.stages["eval"] = Outcome("missing")
+    return record
+
+
+COLUMNS = ("nlvr2 fail", "nlvr2 skip", "nlvr2 cache", "jsonl fail", "jsonl skip", "jsonl cache", "collator", "eval")
+
+
+def markdown(rows: list[Row]) -> str:
+    head = "| case | input | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + " --- |" * (len(COLUMNS) + 2)]
+    for row in rows:
+        cells = [row.stages[c].cell() if c in row.stages else "" for c in COLUMNS]
+        lines.append(f"| {row.case.name} | {row.case.description} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(rows: list[Row]) -> dict[str, int]:
+    """Counts over every (case, stage) cell."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for outcome in row.stages.values():
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    counts["rejected without naming uid or file"] = sum(
+        o.status == "rejected" and not o.names_it for r in rows for o in r.stages.values()
+    )
+    return counts
+
+
+def main(argv: list[str]) -> None:
+    import argparse
+    import tempfile
+    import time
+
+    import datasets
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=0, help="SIGKILL-and-resume trainings and killed cache builds")
+    opts = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        datasets.config.HF_DATASETS_CACHE = str(root / "hf_datasets")
+        start = time.time()
+        rows, corpora = measure_loaders(root / "corpus")
+        from training.embedded import build_model, build_processor, build_tokenizer
+
+        model_dir = root / "tiny-model"
+        tokenizer = build_tokenizer()
+        build_model(tokenizer).save_pretrained(model_dir)
+        build_processor(tokenizer, max_pixels=56 * 56).save_pretrained(model_dir)
+        measure_collator(rows, corpora["jsonl"], model_dir)
+        measure_eval(rows, corpora["jsonl"], model_dir, root / "eval")
+        print(markdown(rows))
+        print(f"\n{len(rows)} cases x {len(COLUMNS)} stages: {summary(rows)} ({time.time() - start:.0f} s)")
+        if opts.kills:
+            from test_interruption import kill_and_resume_trials
+
+            for line in kill_and_resume_trials(model_dir, root / "kills", opts.kills):
+                print(line)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

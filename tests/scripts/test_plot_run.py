@@ -1,0 +1,74 @@
+"""scripts/plot_run.py: a run's TensorBoard scalars -> one PNG per group, summary.png, summary.md of final values."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from PIL import Image
+from torch.utils.tensorboard import SummaryWriter
+from typer.testing import CliRunner
+
+from scripts import plot_run
+
+
+def write_events(folder, steps, loss_offset=0.0):
+    """Event files as the Trainer's TensorBoardCallback writes them (train/..., eval/... tags)."""
+    writer = SummaryWriter(log_dir=str(folder))
+    for step in steps:
+        writer.add_scalar("train/loss", 2.0 / step + loss_offset, step)
+        writer.add_scalar("train/learning_rate", 1e-3 * (1 - step / 10), step)
+        writer.add_scalar("train/grad_norm", 1.0 + step / 10, step)
+        writer.add_scalar("train/mean_token_accuracy", 0.5 + step / 40, step)
+        writer.add_scalar("train/epoch", step / 10, step)
+        if step % 2 == 0:
+            writer.add_scalar("eval/loss", 2.5 / step, step)
+    writer.close()
+
+
+def test_plots_and_final_values_of_a_resumed_run(tmp_path, isolated_artifacts):
+    logs = isolated_artifacts / "logs" / "my-run"
+    write_events(logs, range(1, 7), loss_offset=100.0)  # killed after step 6 ...
+    time.sleep(1.1)  # event file names carry the second they were opened
+    write_events(logs, range(5, 9))  # ... resumed from checkpoint 4: steps 5-6 logged again, later
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"config": {"LabTrainingArguments": {"logging_dir": str(logs)}}}
+    (run / "run_record.json").write_text(json.dumps(record))
+
+    out = plot_run.main(run)  # the run folder: its run record names the TensorBoard folder
+    assert out == run / "plots"
+    for name in ("loss", "learning_rate", "grad_norm", "accuracy", "summary"):
+        png = out / f"{name}.png"
+        assert png.stat().st_size > 1000
+        assert Image.open(png).size[0] > 100
+    assert not (out / "train_epoch.png").exists()
+    table = (out / "summary.md").read_text()
+    assert "| train/loss | 0.25 | 8 |" in table  # the resumed values replace the first attempt's
+    scalars = plot_run.read_scalars(sorted(logs.glob("events.out.tfevents.*")))
+    assert [s for s, _ in scalars["train/loss"]] == list(range(1, 9))
+    loss = dict(scalars["train/loss"])
+    assert loss[4] == pytest.approx(100.5) and loss[5] == pytest.approx(0.4)  # steps 5-6: the resumed values
+    assert [s for s, _ in scalars["eval/loss"]] == [2, 4, 6, 8]
+
+
+def test_cli_by_run_name_with_every_scalar(tmp_path, isolated_artifacts):
+    write_events(isolated_artifacts / "logs" / "named", range(1, 4))
+    result = CliRunner().invoke(_app(), ["named", "--all", "--out", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "plots" / "train_epoch.png").stat().st_size > 0
+    assert "| eval/loss | 1.25 | 2 |" in result.output
+
+
+def test_no_events_is_one_clear_error(tmp_path, isolated_artifacts):
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        plot_run.main(tmp_path)
+
+
+def _app():
+    import typer
+
+    app = typer.Typer(add_completion=False)
+    app.command()(plot_run.main)
+    return app
