@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from evals.evaluate import make_parser as make_eval_parser
+from training.pretrain_lm import make_parser as make_lm_parser
 from training.sft import make_parser as make_sft_parser
 from vlm_datasets.prompts import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
 # training/sft.py configs; gpt2_*.yaml belong to training/pretrain_lm.py and compose/ to the composer (own tests).
 TRAINING = sorted(p for p in (REPO / "training" / "configs").glob("*.yaml") if not p.name.startswith("gpt2_"))
+LM_TRAINING = sorted((REPO / "training" / "configs").glob("gpt2_*.yaml"))
 EVALS = sorted((REPO / "evals" / "configs").glob("*.yaml"))
 
 
@@ -34,6 +36,13 @@ def test_training_config_loads(path):
         assert data.dataset_source == "hub" and data.dataset_name == "pingzhili/nlvr2"
         assert data.max_pixels is not None and train.bf16
         assert model.load_in_4bit == ("qlora" in path.name)
+
+
+@pytest.mark.parametrize("path", LM_TRAINING, ids=lambda p: p.name)
+def test_lm_config_loads(path):
+    make_lm_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
+    assert path.read_text().startswith("#")
+    assert f"--config training/configs/{path.name}" in path.read_text()
 
 
 @pytest.mark.parametrize("path", EVALS, ids=lambda p: p.name)

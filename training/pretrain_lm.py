@@ -1,0 +1,202 @@
+"""Pretraining of a GPT-2 language model from scratch on stories (TinyStories, local text or synthetic stories), with
+language-only evaluation: held-out perplexity beside a unigram baseline, and continuations of fixed story openings.
+The saved model (safetensors + config + tokenizer) loads with AutoModelForCausalLM / AutoTokenizer.
+
+# GPT-2 124M on roneneldan/TinyStories, streamed (one GPU; several: accelerate launch --num_processes 4 ...)
+accelerate launch training/pretrain_lm.py --config training/configs/gpt2_124m_tinystories.yaml
+
+# Embedded default: a small GPT-2 on synthetic stories with a locally trained tokenizer, 2-core CPU, no network
+python training/pretrain_lm.py --config training/configs/gpt2_embedded.yaml
+
+# Local text instead (one story per line; blank-line-separated stories: --text_sample_by paragraph)
+python training/pretrain_lm.py --config training/configs/gpt2_embedded.yaml --dataset_source text \
+    --dataset_path stories.txt --output_dir artifacts/checkpoints/gpt2-local
+
+# Any field can be overridden, e.g. a shorter run; resume from the newest checkpoint of output_dir (or a path)
+python training/pretrain_lm.py --config training/configs/gpt2_embedded.yaml --max_steps 200
+python training/pretrain_lm.py --config training/configs/gpt2_embedded.yaml --resume_from_checkpoint true
+
+tensorboard --logdir artifacts/checkpoints   # loss, lr, eval perplexity vs unigram, continuations (Text tab)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers.integrations import TensorBoardCallback
+from trl import TrlParser
+
+from evals.language import (
+    ContinuationsCallback,
+    LanguageMetrics,
+    LMEvalArguments,
+    argmax_logits,
+    scored_tokens,
+    unigram_counts,
+    unigram_perplexity,
+)
+from training.gpt2 import LMModelArguments, build_model, load_tokenizer
+from training.packing import tokenize_and_pack
+from training.run_record import config_dict, library_versions, write_json_atomic
+from vlm_datasets.text import TextDataArguments, load_texts, text_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def _resume_arg(value):
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True  # the newest checkpoint-N in output_dir
+    return value or None
+
+
+def main(
+    data_args: TextDataArguments,
+    model_args: LMModelArguments,
+    eval_args: LMEvalArguments,
+    training_args: TrainingArguments,
+) -> Trainer:
+    """Pretrain, evaluate and save; returns the Trainer. torch's thread count is set for the run and restored."""
+    threads = torch.get_num_threads()
+    if model_args.torch_num_threads:
+        torch.set_num_threads(model_args.torch_num_threads)
+    try:
+        return _pretrain(data_args, model_args, eval_args, training_args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
+    start = time.time()
+    set_seed(training_args.seed)
+    out = Path(training_args.output_dir)
+    resume = _resume_arg(training_args.resume_from_checkpoint)
+    is_main = training_args.process_index == 0
+    if data_args.block_size > model_args.n_positions:
+        raise ValueError(f"block_size {data_args.block_size} > n_positions {model_args.n_positions}")
+
+    # Data and tokenizer: the main process goes first (and saves a trained tokenizer), the others reuse its work.
+    with training_args.main_process_first(desc="text and tokenizer"):
+        train_text, held_out_text = load_texts(data_args)
+        if (resume or not is_main) and (out / "tokenizer.json").exists():
+            tokenizer, tokenizer_how = AutoTokenizer.from_pretrained(out), f"saved with the run ({out})"
+        else:
+            tokenizer, tokenizer_how = load_tokenizer(model_args, (row["text"] for row in train_text))
+            if is_main:
+                tokenizer.save_pretrained(out)
+        train_blocks = tokenize_and_pack(train_text, tokenizer, data_args.block_size, data_args.packing_batch_size)
+        eval_blocks = tokenize_and_pack(held_out_text, tokenizer, data_args.block_size, data_args.packing_batch_size)
+    streaming = isinstance(train_blocks, datasets.IterableDataset)
+    if streaming and training_args.max_steps <= 0:
+        raise ValueError("a streamed training set has no length: set max_steps")
+
+    # Unigram baseline: add-one-smoothed unigram of the training tokens, on the tokens the model is scored on.
+    eval_ids = np.asarray(eval_blocks.with_format("numpy")["input_ids"])  # [N, T]
+    cap = eval_args.unigram_max_train_blocks
+    if streaming:
+        train_ids = (b["input_ids"] for b in train_blocks)  # reads the first `cap` blocks of the stream
+    else:
+        train_ids = np.asarray(
+            train_blocks.select(range(min(cap, len(train_blocks)))).with_format("numpy")["input_ids"]
+        )
+    counts = unigram_counts(train_ids, len(tokenizer), cap)
+    unigram_ppl = unigram_perplexity(counts, scored_tokens(eval_ids))
+    logger.info("unigram baseline perplexity %.2f (%d training tokens)", unigram_ppl, counts.sum())
+
+    model = build_model(model_args, tokenizer)
+    # The summary reports tokens seen and perplexity from the eval loop's losses: both need these.
+    training_args.include_num_input_tokens_seen = "all"
+    training_args.include_for_metrics = ["loss"]
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=default_data_collator,  # equal-length blocks with labels: nothing to pad or mask
+        processing_class=tokenizer,
+        compute_metrics=LanguageMetrics(unigram_ppl),
+        preprocess_logits_for_metrics=argmax_logits,
+    )
+    tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
+    trainer.add_callback(
+        ContinuationsCallback(
+            tokenizer,
+            eval_args.prompts(),
+            out / "continuations.jsonl",
+            tensorboard=tensorboard,
+            max_new_tokens=eval_args.eval_max_new_tokens,
+            do_sample=eval_args.eval_do_sample,
+            temperature=eval_args.eval_temperature,
+            top_k=eval_args.eval_top_k,
+        )
+    )
+    manifest = text_manifest(data_args, train_text, held_out_text)
+    data_stats = {
+        "train_blocks": None if streaming else len(train_blocks),
+        "eval_blocks": len(eval_blocks),
+        "eval_scored_tokens": int(eval_ids[:, 1:].size),
+        "unigram_train_tokens": int(counts.sum()),
+    }
+    if is_main:
+        write_json_atomic(
+            out / "run_record.json",
+            {
+                "kind": "pretrain_lm",
+                "seed": training_args.seed,
+                "dataset": {**manifest, **data_stats},
+                "tokenizer": tokenizer_how,
+                "eval_prompts": eval_args.prompts(),
+                # config_dict drops keys matching "token" (tokenizer_*, eval_max_new_tokens): ours hold no
+                # credentials, so they are recorded whole; TrainingArguments (hub_token) goes through the filter.
+                "config": {
+                    **{type(a).__name__: dataclasses.asdict(a) for a in (data_args, model_args, eval_args)},
+                    **config_dict(training_args),
+                },
+                "versions": library_versions(),
+            },
+        )
+
+    trainer.train(resume_from_checkpoint=resume)
+    # The Trainer evaluates at the last step when eval_strategy is "steps"; otherwise (or when resuming a finished
+    # run) evaluate now.
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    final = evals[-1] if evals and evals[-1]["step"] == trainer.state.global_step else trainer.evaluate()
+
+    trainer.save_model(str(out))  # safetensors + config + generation config + tokenizer (processing_class)
+    if is_main:
+        summary = {
+            "val_loss": final["eval_loss"],
+            "val_perplexity": final["eval_perplexity"],
+            "val_next_token_accuracy": final["eval_next_token_accuracy"],
+            "unigram_perplexity": unigram_ppl,
+            "perplexity_ratio": final["eval_perplexity"] / unigram_ppl,
+            "steps": trainer.state.global_step,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+            "wall_seconds": round(time.time() - start, 1),  # this invocation: data, tokenizer, training, evals
+            "parameters": model.num_parameters(),
+            "tokenizer": tokenizer_how,
+            "vocab_size": len(tokenizer),
+            "block_size": data_args.block_size,
+            "dataset": manifest,
+            **data_stats,
+        }
+        write_json_atomic(out / "summary.json", summary)
+        logger.info("summary: %s", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+    return trainer
+
+
+def make_parser() -> TrlParser:
+    return TrlParser((TextDataArguments, LMModelArguments, LMEvalArguments, TrainingArguments))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    trainer = main(*make_parser().parse_args_and_config())
+    if trainer.is_world_process_zero():
+        print(Path(trainer.args.output_dir) / "summary.json")
