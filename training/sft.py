@@ -30,15 +30,16 @@ import logging
 import os
 
 from transformers import set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, TrlParser
 
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_source
-from training.collators import ExampleCollator
 from training.models import LabModelArguments, load_model, load_processor, lora_config
+from training.pipeline import training_data
 from training.run_record import write_run_record
+from training.trainer import LabSFTTrainer
 from utils.checkpoints import last_complete_checkpoint
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import dataset_manifest, load_split, require_labels
+from vlm_datasets.loading import dataset_manifest
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
@@ -84,26 +85,18 @@ def main(
     )
     model = load_model(model_args, lab_args, trust_remote_code=training_args.trust_remote_code)
 
-    # Dataset: canonical examples; the collator renders them with the template (images decoded once per batch)
-    # Unlabeled rows fail (or are skipped and counted, bad_examples=skip) here, not at the step that meets them.
-    train_split, eval_split = data_args.dataset_train_split, data_args.dataset_eval_split
-    train_dataset = load_split(data_args, train_split, limit=data_args.max_train_examples)
-    train_dataset = require_labels(train_dataset, data_args, train_split)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = load_split(data_args, eval_split, limit=data_args.max_eval_examples)
-        eval_dataset = require_labels(eval_dataset, data_args, eval_split)
-    # Our collator needs the raw canonical columns and does its own tokenization.
-    training_args.remove_unused_columns = False
-    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    # Dataset: canonical examples rendered with the template and tokenized once (training/pipeline.py); unlabeled rows
+    # fail (or are skipped and counted, bad_examples=skip) and over-long ones are refused (pre-flight) before step 0.
+    train_split = data_args.dataset_train_split
+    data = training_data(data_args, training_args, processor, template)
 
-    # Training
-    trainer = SFTTrainer(
+    # Training (TRL's SFTTrainer; its loss scores only labelled positions on the CPU too: training/trainer.py)
+    trainer = LabSFTTrainer(
         model=model,
         args=training_args,
-        data_collator=ExampleCollator(processor, template, max_length=training_args.max_length),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        data_collator=data.collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=processor,
         peft_config=lora_config(model_args),
     )

@@ -80,6 +80,21 @@ class DataArguments:
             "help": "Image processor max pixels per image. Set it for Qwen2-VL: the hub default allows 16k tokens."
         },
     )
+    preflight: bool = field(
+        default=True,
+        metadata={
+            "help": "Training: before step 0, check the training examples' token counts (images expanded under "
+            "min/max_pixels) against max_length and refuse to start if one would be cut, naming the uids and whether "
+            "the cut falls inside image tokens (training/preflight.py; scripts/preflight.py shows the distribution)."
+        },
+    )
+    preflight_examples: int | None = field(
+        default=None,
+        metadata={
+            "help": "How many training examples the pre-flight checks: None = the whole split (it is tokenized once "
+            "anyway, so this costs nothing more), or the first 1000 of a stream; a number = the first N."
+        },
+    )
 
     def __post_init__(self):
         if self.dataset_source not in SOURCES:

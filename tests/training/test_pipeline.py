@@ -1,0 +1,75 @@
+"""The tokenize-once pipeline gives exactly the batches of the per-batch collator, counts image tokens like the
+processor, and refuses what the per-batch collator refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from training.collators import ExampleCollator
+from training.models import load_processor
+from training.pipeline import TokenizedCollator, image_token_counts, tokenize_split
+from vlm_datasets.errors import DataError
+from vlm_datasets.example import Example, examples_to_dataset
+from vlm_datasets.prompts import TEMPLATES, get_template
+from vlm_datasets.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir):
+    return load_processor(str(tiny_model_dir), max_pixels=112 * 112)
+
+
+def mixed_examples() -> list[Example]:
+    """Synthetic examples with images of several sizes and sentences of several lengths (padding in a batch)."""
+    examples = list(generate("dev", 6, seed=4))
+    examples[0].sentence += " Extra words make this prompt longer than the others."
+    examples[1].images = [img.resize((112, 84)) for img in examples[1].images]
+    examples[2].images = [examples[2].images[0].resize((140, 56)), examples[2].images[1]]
+    return examples
+
+
+@pytest.mark.parametrize("template_name", sorted(n for n in TEMPLATES if "unlabeled" not in n))
+def test_tokenized_batches_equal_the_per_batch_collator(processor, template_name, isolated_artifacts):
+    template = get_template(template_name)
+    ds = examples_to_dataset(mixed_examples())
+    tokenized = tokenize_split(ds, processor, template)
+    expected = ExampleCollator(processor, template, max_length=512)(list(ds))
+    batch = TokenizedCollator(processor, max_length=512)(list(tokenized))
+    assert batch.keys() == expected.keys()
+    for key in expected:
+        assert batch[key].dtype == expected[key].dtype, key
+        assert torch.equal(batch[key], expected[key]), key
+    # A stream is tokenized lazily, to the same ids.
+    streamed = list(tokenize_split(ds.to_iterable_dataset(), processor, template))
+    assert [r["input_ids"] for r in streamed] == tokenized["input_ids"]
+
+
+def test_image_tokens_follow_the_pixel_budget(processor):
+    # max_pixels 112*112: 56x56 -> 2x2 merged tokens; 112x84 -> 4x3; 448x448 is scaled down to 112x112 -> 4x4
+    assert image_token_counts(processor, [(56, 56), (84, 112), (448, 448)]) == [4, 12, 16]
+    grid = processor.image_processor(images=[Image.new("RGB", (112, 84))], return_tensors="pt")["image_grid_thw"]
+    assert int(grid.prod()) // processor.image_processor.merge_size**2 == 12
+
+
+def test_refusals_name_the_uid(processor, isolated_artifacts):
+    template = get_template("nlvr2_true_false")
+    examples = mixed_examples()
+    tokenized = list(tokenize_split(examples_to_dataset(examples), processor, template))
+    with pytest.raises(DataError, match=rf"{examples[0].uid}.*exceed max_length=20"):
+        TokenizedCollator(processor, max_length=20)(tokenized[:2])
+    unlabeled = mixed_examples()[:1]
+    unlabeled[0].label = None
+    with pytest.raises(DataError, match=rf"{unlabeled[0].uid}.*unlabeled"):
+        tokenize_split(examples_to_dataset(unlabeled), processor, template)
+    thin = [Example("odd/uid", [Image.new("RGB", (1, 300)), Image.new("RGB", (56, 56))], "Too thin.", True)]
+    with pytest.raises(DataError, match=r"uid odd/uid: the image processor refuses its images"):
+        tokenize_split(examples_to_dataset(thin), processor, template)
+
+
+def test_a_changed_pixel_budget_is_caught_per_batch(tiny_model_dir, processor, isolated_artifacts):
+    rows = list(tokenize_split(examples_to_dataset(mixed_examples()), processor, get_template("nlvr2_true_false")))
+    smaller = load_processor(str(tiny_model_dir), max_pixels=56 * 56)
+    with pytest.raises(DataError, match="image tokens in the ids differ"):
+        TokenizedCollator(smaller)(rows)

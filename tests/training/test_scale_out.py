@@ -1,0 +1,121 @@
+"""Scale-out: the accelerate configs are valid, and training/sft.py under `accelerate launch` with two CPU processes
+trains each rank on its own share of the data and saves an adapter that evaluates."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "training" / "configs" / "accelerate").glob("*.yaml"))
+
+# Run by `accelerate launch` in each process: training/sft.py, with the collator writing the uids of every batch it
+# builds to <UID_LOG_DIR>/rank-<RANK>.txt.
+LOGGED_SFT = """
+import os
+import training.pipeline as pipeline
+from training import sft
+
+collate = pipeline.TokenizedCollator.__call__
+
+def logged(self, rows):
+    with open(os.path.join(os.environ["UID_LOG_DIR"], f"rank-{os.environ['RANK']}.txt"), "a") as f:
+        f.write("".join(f"{r['uid']}\\n" for r in rows))
+    return collate(self, rows)
+
+pipeline.TokenizedCollator.__call__ = logged
+sft.main(*sft.make_parser().parse_args_and_config())
+"""
+
+
+def test_there_are_scale_out_configs():
+    assert {p.name for p in CONFIGS} >= {
+        "ddp.yaml",
+        "fsdp.yaml",
+        "deepspeed_zero2.yaml",
+        "deepspeed_zero3.yaml",
+        "cpu_2proc.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_accelerate_config_is_valid(path):
+    config = ClusterConfig.from_yaml_file(str(path))  # refuses unknown keys
+    assert config.num_processes >= 2 and config.num_machines == 1
+    text = path.read_text()
+    assert text.startswith("#") and f"--config_file training/configs/accelerate/{path.name}" in text
+    if path.name.startswith("deepspeed"):
+        assert config.deepspeed_config["zero_stage"] == int(path.stem[-1])
+    if path.name == "fsdp.yaml":
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen2VLDecoderLayer,Qwen2VLVisionBlock"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_train_on_distinct_data_and_the_adapter_evaluates(
+    tiny_model_dir, tmp_path, isolated_artifacts
+):
+    script, uids, run = tmp_path / "logged_sft.py", tmp_path / "uids", tmp_path / "run"
+    script.write_text(LOGGED_SFT)
+    uids.mkdir()
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        UID_LOG_DIR=str(uids),
+        OMP_NUM_THREADS="1",
+        VLM_STUDIES_ROOT=str(isolated_artifacts),
+        HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+    )
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    launch += [str(REPO / "training/configs/accelerate/cpu_2proc.yaml"), "--main_process_port", str(free_port())]
+    sft_args = ["--config", str(REPO / "training/configs/embedded_lora.yaml"), "--use_cpu", "true"]
+    sft_args += ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(run), "--report_to", "none"]
+    sft_args += ["--synthetic_train_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "3"]
+    sft_args += ["--save_steps", "100", "--logging_steps", "1"]
+    done = subprocess.run([*launch, str(script), *sft_args], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    seen = {rank: (uids / f"rank-{rank}.txt").read_text().split() for rank in (0, 1)}
+    assert len(seen[0]) >= 12 and len(seen[1]) >= 12  # 3 steps of 4 each (the loader may fetch one batch ahead)
+    assert not set(seen[0]) & set(seen[1])  # each rank its own share: 8 distinct examples per step
+    state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
+    tokens = [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e]
+    assert tokens[0] > 8 * 40  # gathered over both ranks: 8 examples of 50+ tokens in the first step
+
+    from evals import finetuned
+    from evals.evaluate import make_parser
+
+    out = tmp_path / "eval"
+    metrics = finetuned.main(
+        *make_parser().parse_args_and_config(
+            [
+                "--config",
+                str(REPO / "evals/configs/embedded_finetuned.yaml"),
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--adapter_path",
+                str(run),
+                "--output_dir",
+                str(out),
+                "--synthetic_eval_size",
+                "8",
+                "--batch_size",
+                "8",
+            ]
+        )
+    )
+    assert metrics["n"] == 8 and metrics["adapter"] == str(run)
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 8

@@ -1,0 +1,220 @@
+"""The lab's SFT data pipeline: every example rendered with the chat template and tokenized once, then batched by a
+collator that only pads the ids and turns the images into pixels.
+
+TRL's VLM collator (and the lab's ExampleCollator) render and tokenize every row at every step, in the training
+process. Here `tokenize_split` does it once per example (a Dataset.map; on a cached split datasets keeps the result as
+a cache-*.arrow file beside the split, which the cache's verification ignores, so a later run reuses it) and adds the
+token counts that `training.preflight` checks and `train_sampling_strategy: group_by_length` reads (`length`).
+Image tokens are counted from the image sizes with the image processor's own `get_number_of_image_patches` (no
+pixels are touched), expanded in the text as the processor does, and checked against the pixels in every batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+from PIL import Image
+
+from training.collators import IGNORE_INDEX, render
+from training.preflight import TokenBudget, check_token_budget
+from vlm_datasets.config import DataArguments
+from vlm_datasets.errors import DataError
+from vlm_datasets.example import row_to_example
+from vlm_datasets.loading import load_split, require_labels
+from vlm_datasets.prompts import PromptTemplate, to_conversation
+
+TOKEN_COLUMNS = ("input_ids", "completion_length", "length", "image_tokens", "image_end")
+TOKEN_FEATURES = datasets.Features(
+    {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "completion_length": datasets.Value("int32"),  # the answer + <|im_end|>: the label span, at the end
+        "length": datasets.Value("int32"),  # all tokens, image tokens expanded
+        "image_tokens": datasets.Value("int32"),
+        "image_end": datasets.Value("int32"),  # index after the last image token (0: no image)
+    }
+)
+_VERSION = "1"  # bump when the tokenized rows change, so cached map results are not reused
+
+
+def image_size(image) -> tuple[int, int]:
+    """(height, width) of a PIL image or of an undecoded datasets image cell (the header is read, no pixels)."""
+    if isinstance(image, dict):  # Image(decode=False): {"bytes", "path"}
+        with Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as img:
+            return img.height, img.width
+    return image.height, image.width
+
+
+def image_token_counts(processor, sizes: list[tuple[int, int]]) -> list[int]:
+    """Tokens each image takes in the language model: prod(image_grid_thw) / merge_size**2 under min/max_pixels."""
+    ip = processor.image_processor
+    return [ip.get_number_of_image_patches(h, w) // ip.merge_size**2 for h, w in sizes]
+
+
+def expand_image_tokens(text: str, image_token: str, counts: list[int]) -> str:
+    """Each image placeholder repeated to its token count, in order (what the processor does before tokenizing)."""
+    parts = text.split(image_token)
+    if len(parts) - 1 != len(counts):
+        raise ValueError(f"{len(parts) - 1} image placeholders in the text for {len(counts)} images")
+    return "".join(p + image_token * n for p, n in zip(parts, counts + [0], strict=True))
+
+
+def tokenize_row(row: dict[str, Any], processor, template: PromptTemplate) -> dict[str, Any]:
+    """One canonical row (images decoded or not) -> TOKEN_COLUMNS; refuses unlabeled rows, naming the uid."""
+    uid = row["uid"]
+    if row["label"] is None:
+        raise DataError(f"uid {uid}", "unlabeled example in a training split")
+    placeholders = [Image.new("RGB", (1, 1))] * len(row["images"])  # the template needs only how many images
+    example = row_to_example({**row, "images": placeholders})
+    prompt, completion = render(processor, to_conversation(example, template))
+    try:
+        counts = image_token_counts(processor, [image_size(img) for img in row["images"]])
+    except ValueError as e:  # e.g. Qwen2-VL's aspect-ratio limit
+        raise DataError(f"uid {uid}", f"the image processor refuses its images ({e})") from None
+    tok = processor.tokenizer
+    ids = tok(expand_image_tokens(prompt + completion, processor.image_token, counts), add_special_tokens=False)
+    ids = ids.input_ids
+    image_positions = [i for i, t in enumerate(ids) if t == processor.image_token_id]
+    return {
+        "input_ids": ids,
+        "completion_length": len(tok(completion, add_special_tokens=False).input_ids),
+        "length": len(ids),
+        "image_tokens": len(image_positions),
+        "image_end": image_positions[-1] + 1 if image_positions else 0,
+    }
+
+
+def _fingerprint(ds: datasets.Dataset, processor, template: PromptTemplate) -> str:
+    """What the tokenized columns depend on: the rows, the template, the tokenizer, chat template and pixel budget."""
+    ip = processor.image_processor
+    parts = {
+        "version": _VERSION,
+        "rows": ds._fingerprint,
+        "template": dataclasses.asdict(template),
+        "tokenizer": hashlib.sha256(processor.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "chat_template": processor.chat_template,
+        "pixels": [dict(ip.size), ip.patch_size, ip.merge_size],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def tokenize_split(
+    ds: datasets.Dataset | datasets.IterableDataset, processor, template: PromptTemplate, num_proc: int | None = None
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The split with TOKEN_COLUMNS added (canonical columns kept: the collator still needs the images).
+
+    A Dataset is tokenized now, reading image sizes from the encoded images (no decode); a stream lazily, as read.
+    """
+
+    def batch_fn(batch: dict[str, list]) -> dict[str, list]:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        out = [tokenize_row(row, processor, template) for row in rows]
+        return {k: [o[k] for o in out] for k in TOKEN_COLUMNS}
+
+    if isinstance(ds, datasets.IterableDataset):
+        return ds.map(batch_fn, batched=True, batch_size=64)
+    undecoded = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    tokens = undecoded.map(
+        batch_fn,
+        batched=True,
+        batch_size=256,
+        remove_columns=ds.column_names,  # only the token columns are written (a small cache file)
+        features=TOKEN_FEATURES,
+        num_proc=num_proc,
+        new_fingerprint=_fingerprint(ds, processor, template),
+        desc="Tokenizing (once per example)",
+    )
+    return datasets.concatenate_datasets([ds, tokens], axis=1)
+
+
+@dataclass
+class TokenizedCollator:
+    """Batches rows of `tokenize_split`: right padding, labels -100 except the last `completion_length` tokens.
+
+    Masked: system/user turns, image tokens, the assistant header and the padding. Never truncates: a row longer than
+    `max_length` raises naming its uid. The pixels' image tokens must match the ids' (else the processor's settings
+    changed since tokenizing), checked per batch.
+    """
+
+    processor: Any
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(rows, key=lambda r: len(r["input_ids"]))
+        if self.max_length is not None and len(longest["input_ids"]) > self.max_length:
+            raise DataError(
+                f"uid {longest['uid']}",
+                f"{len(longest['input_ids'])} tokens (images expanded) exceed max_length={self.max_length}; raise "
+                "max_length or lower max_pixels instead of cutting inside image tokens",
+            )
+        pad = self.processor.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), len(longest["input_ids"])), pad, dtype=torch.long)  # [B, T]
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for i, row in enumerate(rows):
+            ids, n = torch.tensor(row["input_ids"], dtype=torch.long), len(row["input_ids"])
+            input_ids[i, :n], attention_mask[i, :n] = ids, 1
+            start = n - row["completion_length"]
+            labels[i, start:n] = ids[start:]
+        images = [img if img.mode == "RGB" else img.convert("RGB") for row in rows for img in row["images"]]
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")  # pixel_values, image_grid_thw
+        image_tokens = input_ids == self.processor.image_token_id
+        merge = self.processor.image_processor.merge_size
+        if int(pixels["image_grid_thw"].prod(-1).sum()) // merge**2 != int(image_tokens.sum()):
+            uids = ", ".join(str(r["uid"]) for r in rows)
+            raise DataError(
+                f"batch of uids {uids}",
+                "image tokens in the ids differ from the pixels' grid: the image processor's settings changed "
+                "since the split was tokenized",
+            )
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": image_tokens.long(),  # 1 on image tokens, as Qwen2VLProcessor returns it
+            "labels": labels,
+            **pixels,
+        }
+
+
+@dataclass
+class TrainingData:
+    train: datasets.Dataset | datasets.IterableDataset
+    eval: datasets.Dataset | datasets.IterableDataset | None
+    collator: TokenizedCollator
+    budget: TokenBudget | None  # the pre-flight's counts (None when off)
+
+
+def labeled_tokenized_split(data_args: DataArguments, split: str, limit, processor, template, training_args):
+    """load_split -> require_labels (unlabeled rows fail, or are skipped and counted) -> tokenize_split."""
+    ds = require_labels(load_split(data_args, split, limit=limit), data_args, split)
+    on_disk = isinstance(ds, datasets.Dataset) and bool(ds.cache_files)  # the map result is cached beside it
+    first = training_args.main_process_first(desc=f"tokenizing {split}") if on_disk else contextlib.nullcontext()
+    with first:  # one process writes the cache-*.arrow file, the others read it
+        return tokenize_split(ds, processor, template, num_proc=training_args.dataset_num_proc)
+
+
+def training_data(data_args: DataArguments, training_args, processor, template: PromptTemplate) -> TrainingData:
+    """What training/sft.py trains on: the labelled train (and eval) split tokenized once, checked by the token-budget
+    pre-flight (data_args.preflight), and the padding collator. Sets the SFTConfig fields this needs."""
+    train = labeled_tokenized_split(
+        data_args, data_args.dataset_train_split, data_args.max_train_examples, processor, template, training_args
+    )
+    budget = None
+    if data_args.preflight:
+        budget = check_token_budget(train, training_args.max_length, data_args.preflight_examples)
+    eval_ds = None
+    if training_args.eval_strategy != "no":
+        eval_ds = labeled_tokenized_split(
+            data_args, data_args.dataset_eval_split, data_args.max_eval_examples, processor, template, training_args
+        )
+    # The collator reads the canonical and token columns; TRL's own preparation would re-tokenize.
+    training_args.remove_unused_columns = False
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    return TrainingData(train, eval_ds, TokenizedCollator(processor, training_args.max_length), budget)

@@ -1,0 +1,62 @@
+"""The lab's SFTTrainer: TRL's, with the fused LM head scoring only the labelled positions on the CPU too.
+
+TRL 1.16's fused LM head (trl.trainer.utils.add_fused_lm_head, used by SFTTrainer.compute_loss) projects through the
+LM head only the positions that carry a label on CUDA/XPU, but every position on other devices ("the number of valid
+positions would change the tile shapes on every batch and trigger a recompilation", written for Neuron). On the CPU
+that puts the whole sequence through the head, the log-softmax, the entropy and top-1 metrics, forward and backward:
+~210 ms of a ~950 ms step on the embedded default (batch 32, 2 labelled tokens of ~77 per row; docs/training_speed.md).
+`LabSFTTrainer` takes the compact path on the CPU as well. Loss, gradients and logged metrics are unchanged
+(tests/training/test_trainer.py); if a TRL upgrade moves the switch, the trainer warns and runs TRL's path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+import torch
+import trl.trainer.utils as trl_utils
+from trl import SFTTrainer
+
+logger = logging.getLogger(__name__)
+
+_state = threading.local()  # per thread: the one-process benchmark trains several trainers in threads
+_trl_test = None  # TRL's own "score only labelled positions here?" test, kept for every other case
+
+
+def _compact_on_cpu_too(device: torch.device) -> bool:
+    return (getattr(_state, "active", False) and device.type == "cpu") or _trl_test(device)
+
+
+def install() -> bool:
+    """Route TRL's device test through `_compact_on_cpu_too` (once per process); False when TRL has no such test."""
+    global _trl_test
+    if _trl_test is None:
+        current = getattr(trl_utils, "_use_triton", None)
+        if current is None:
+            logger.warning("trl.trainer.utils._use_triton is gone: the CPU runs TRL's all-positions LM head")
+            return False
+        _trl_test = current
+        trl_utils._use_triton = _compact_on_cpu_too
+    return True
+
+
+@contextmanager
+def label_positions_only():
+    """Within the block (this thread), TRL's fused LM head on the CPU scores only positions with a label."""
+    install()
+    before = getattr(_state, "active", False)
+    _state.active = True
+    try:
+        yield
+    finally:
+        _state.active = before
+
+
+class LabSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss scores only the labelled positions on every device (see the module docstring)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with label_positions_only():
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
