@@ -14,9 +14,9 @@ python scripts/compose_vlm.py --config training/configs/compose/gpt2v_embedded.y
 python scripts/compose_vlm.py --config training/configs/compose/tinyvlm_embedded.yaml
 python scripts/compose_vlm.py --config training/configs/compose/vit_moe_embedded.yaml
 
-# A GPT-2 pretrained by training/pretrain_lm.py (any AutoModelForCausalLM folder) as the language model
-python scripts/compose_vlm.py --config training/configs/compose/gpt2v_embedded.yaml \
-    --text_model_name_or_path artifacts/checkpoints/gpt2-embedded --output_dir artifacts/models/gpt2v-stories
+# The GPT-2 that training/pretrain_lm.py saves (training/configs/gpt2_embedded.yaml) as the language model; another
+# AutoModelForCausalLM folder: add --text_model_name_or_path FOLDER --output_dir OUT
+python scripts/compose_vlm.py --config training/configs/compose/gpt2v_stories.yaml
 """
 
 from __future__ import annotations

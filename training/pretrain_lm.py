@@ -51,8 +51,13 @@ logger = logging.getLogger(__name__)
 
 
 def _resume_arg(value):
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True  # the newest checkpoint-N in output_dir
+    """resume_from_checkpoint from the CLI / YAML (a string): true/last -> the newest checkpoint-N in output_dir,
+    false/none/empty -> no resume, anything else -> that checkpoint folder."""
+    word = value.lower() if isinstance(value, str) else None
+    if word in ("true", "last"):
+        return True
+    if word in ("false", "none"):
+        return None
     return value or None
 
 
@@ -70,6 +75,16 @@ def main(
         return _pretrain(data_args, model_args, eval_args, training_args)
     finally:
         torch.set_num_threads(threads)
+
+
+def run_config(data_args, model_args, eval_args, training_args) -> dict:
+    """The resolved config as run_record.json holds it: {dataclass name: {field: value}}. config_dict drops keys
+    matching "token" (tokenizer_*, eval_max_new_tokens): ours hold no credentials, so they are recorded whole;
+    TrainingArguments (hub_token) goes through the filter."""
+    return {
+        **{type(a).__name__: dataclasses.asdict(a) for a in (data_args, model_args, eval_args)},
+        **config_dict(training_args),
+    }
 
 
 def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
@@ -95,6 +110,12 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
     streaming = isinstance(train_blocks, datasets.IterableDataset)
     if streaming and training_args.max_steps <= 0:
         raise ValueError("a streamed training set has no length: set max_steps")
+    if len(eval_blocks) == 0:
+        raise ValueError(
+            f"the held-out text ({len(held_out_text)} documents, {data_args.dataset_source} source) packs into no "
+            f"block of block_size={data_args.block_size} tokens: raise max_eval_docs (now {data_args.max_eval_docs}), "
+            "lower block_size, or give more held-out text (dataset_eval_path)"
+        )
 
     # Unigram baseline: add-one-smoothed unigram of the training tokens, on the tokens the model is scored on.
     eval_ids = np.asarray(eval_blocks.with_format("numpy")["input_ids"])  # [N, T]
@@ -152,12 +173,7 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
                 "dataset": {**manifest, **data_stats},
                 "tokenizer": tokenizer_how,
                 "eval_prompts": eval_args.prompts(),
-                # config_dict drops keys matching "token" (tokenizer_*, eval_max_new_tokens): ours hold no
-                # credentials, so they are recorded whole; TrainingArguments (hub_token) goes through the filter.
-                "config": {
-                    **{type(a).__name__: dataclasses.asdict(a) for a in (data_args, model_args, eval_args)},
-                    **config_dict(training_args),
-                },
+                "config": run_config(data_args, model_args, eval_args, training_args),
                 "versions": library_versions(),
             },
         )

@@ -121,7 +121,14 @@ def load_texts(args: TextDataArguments) -> tuple[TextDataset, datasets.Dataset]:
         if args.dataset_eval_path:
             held_out = _local_text(args.dataset_eval_path, args.text_sample_by)
         else:
-            parts = train.train_test_split(test_size=min(args.max_eval_docs, len(train) // 10), seed=seed)
+            n_held_out = min(args.max_eval_docs, len(train) // 10)  # a tenth, at most max_eval_docs
+            if n_held_out == 0:
+                raise ValueError(
+                    f"{args.dataset_path}: {len(train)} documents, too few to hold out a tenth for evaluation "
+                    f"(max_eval_docs={args.max_eval_docs}); give at least 10 documents, or the held-out text "
+                    "as dataset_eval_path"
+                )
+            parts = train.train_test_split(test_size=n_held_out, seed=seed)
             train, held_out = parts["train"], parts["test"]
     else:
         train = _hub(args, args.dataset_train_split, args.dataset_streaming)

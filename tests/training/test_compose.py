@@ -11,8 +11,10 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
+    AutoTokenizer,
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -120,6 +122,44 @@ def test_pretrained_parts_are_copied_exactly(tmp_path, rows):
         torch.testing.assert_close(model(input_ids=ids).logits[..., : len(tokenizer)], lm(input_ids=ids).logits)
         pixels = processor.image_processor(rows[0]["images"], return_tensors="pt").pixel_values
         torch.testing.assert_close(model.model.vision_tower(pixels).last_hidden_state, vision(pixels).last_hidden_state)
+
+
+def test_an_lm_from_pretrain_lm_composes_unchanged_and_generates(tmp_path, isolated_artifacts, rows):
+    # training/pretrain_lm.py's own output (its locally trained BPE has no pad token), composed by folder with the
+    # documented config, gpt2v_stories.yaml.
+    from scripts.compose_vlm import make_parser as compose_parser
+    from training.pretrain_lm import main as pretrain_lm
+    from training.pretrain_lm import make_parser as lm_parser
+
+    lm_dir = tmp_path / "lm"
+    tiny = ["--synthetic_train_docs", "60", "--max_eval_docs", "8", "--tokenizer_vocab_size", "300", "--n_embd", "32",
+            "--n_layer", "1", "--n_head", "2", "--n_positions", "64", "--block_size", "32", "--max_steps", "2",
+            "--per_device_train_batch_size", "4", "--eval_strategy", "no", "--save_strategy", "no",
+            "--report_to", "none", "--eval_max_new_tokens", "2", "--use_cpu", "true"]  # fmt: skip
+    lm_config = str(REPO / "training/configs/gpt2_embedded.yaml")
+    pretrain_lm(*lm_parser().parse_args_and_config(["--config", lm_config, *tiny, "--output_dir", str(lm_dir)]))
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    lm_tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    assert lm_tokenizer.pad_token is None
+
+    (args,) = compose_parser().parse_args_and_config(
+        ["--config", str(REPO / "training/configs/compose/gpt2v_stories.yaml"),
+         "--text_model_name_or_path", str(lm_dir), "--output_dir", str(tmp_path / "vlm")]
+    )  # fmt: skip
+    out = save(*build(args), args.output_dir, args)
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.tokenizer.pad_token_id == lm_tokenizer.eos_token_id  # added by the composer: pad = eos
+    text = "Once upon a time, there was a little girl named Lily."
+    ids = lm_tokenizer(text, return_tensors="pt").input_ids
+    assert processor.tokenizer(text, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    with torch.no_grad():  # text alone: the composite's LM is the pretrained one, logits for its vocabulary equal
+        torch.testing.assert_close(model(input_ids=ids).logits[..., : len(lm_tokenizer)], lm(input_ids=ids).logits)
+    chat = to_chat(rows[0])
+    text = processor.apply_chat_template(chat["prompt"], add_generation_prompt=True)
+    prompt = processor(images=chat["images"], text=[text], return_tensors="pt")
+    generated = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert prompt["input_ids"].shape[1] < generated.shape[1] <= prompt["input_ids"].shape[1] + 3
 
 
 def test_swiglu_projector_with_pixel_shuffle_is_aya_vision(tmp_path, rows):

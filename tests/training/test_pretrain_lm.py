@@ -11,14 +11,17 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, GPT2LMHeadModel
 
 from evals.language import PROMPTS, LanguageMetrics, scored_tokens, unigram_counts, unigram_perplexity
 from training.gpt2 import EOS, LMModelArguments, load_tokenizer, train_byte_bpe
 from training.packing import pack_documents, tokenize_and_pack
-from training.pretrain_lm import main, make_parser
+from training.pretrain_lm import _resume_arg, main, make_parser, run_config
+from training.run_record import write_json_atomic
 from vlm_datasets.stories import generate_stories
+from vlm_datasets.text import TextDataArguments, load_texts
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "training" / "configs").glob("gpt2_*.yaml"))
@@ -119,9 +122,10 @@ def test_there_are_gpt2_configs():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_round_trip(path):
+def test_config_round_trip(path, tmp_path):
     # GPU configs say bf16; on a CPU-only machine TrainingArguments accepts that only with use_cpu.
-    data, model, ev, train = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
+    parsed = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
+    data, model, ev, train = parsed
     text = path.read_text()
     assert text.startswith("#") and f"--config training/configs/{path.name}" in text
     assert data.block_size <= model.n_positions and train.max_steps > 0 and train.lr_scheduler_type == "cosine"
@@ -133,6 +137,17 @@ def test_config_round_trip(path):
         assert train.bf16
     else:
         assert data.dataset_source == "synthetic" and model.tokenizer_source == "train"
+
+    # The config section of run_record.json, written as a run writes it, parses back to the same arguments.
+    record = write_json_atomic(tmp_path / "run_record.json", {"config": run_config(*parsed)})
+    config = json.loads(record.read_text())["config"]
+    assert set(config) == {"TextDataArguments", "LMModelArguments", "LMEvalArguments", "TrainingArguments"}
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump({k: v for section in config.values() for k, v in section.items()}))
+    assert make_parser().parse_args_and_config(["--config", str(again)]) == parsed
+    # Left out of the record: TrainingArguments keys that look like credentials (config_dict's filter), at defaults.
+    dropped = set(train.to_dict()) - set(config["TrainingArguments"])
+    assert "hub_token" in dropped and all("token" in k for k in dropped)
 
 
 def test_unknown_key_is_refused(tmp_path):
@@ -194,8 +209,6 @@ def test_train_evaluate_save_and_reload(tmp_path, isolated_artifacts):
     args = make_parser().parse_args_and_config(
         ["--config", str(REPO / "training/configs/gpt2_embedded.yaml"), *TINY, "--output_dir", str(out)]
     )[0]
-    from vlm_datasets.text import load_texts
-
     _, held_out = load_texts(args)
     blocks = torch.tensor(tokenize_and_pack(held_out, tok, 32)["input_ids"])  # [N, 32]
     with torch.no_grad():
@@ -245,10 +258,33 @@ def test_resume_continues_global_step(tmp_path, isolated_artifacts):
     assert again.state.global_step == 5
 
 
+def test_resume_false_or_none_means_no_resume():
+    (*_, train) = make_parser().parse_args_and_config(["--resume_from_checkpoint", "false", "--use_cpu", "true"])
+    assert train.resume_from_checkpoint == "false"  # TrainingArguments keeps the string
+    assert _resume_arg("false") is None and _resume_arg("None") is None and _resume_arg(None) is None
+    assert _resume_arg("true") is True and _resume_arg("last") is True  # the newest checkpoint-N of output_dir
+    assert _resume_arg("run/checkpoint-4") == "run/checkpoint-4"
+
+
+def test_held_out_text_shorter_than_one_block_is_refused(tmp_path, isolated_artifacts):
+    stories, short = tmp_path / "stories.txt", tmp_path / "held_out.txt"
+    stories.write_text("\n".join(generate_stories(40, seed=3)) + "\n")
+    short.write_text("The end.\n")
+    text = ["--dataset_source", "text", "--dataset_path", str(stories), "--dataset_eval_path", str(short)]
+    with pytest.raises(ValueError, match=r"held-out text \(1 documents.*block_size=32.*max_eval_docs"):
+        run_lm(tmp_path / "run", *text, "--max_steps", "2", "--report_to", "none")
+
+
+def test_local_text_too_short_to_hold_out_a_tenth_is_refused(tmp_path, isolated_artifacts):
+    path = tmp_path / "stories.txt"
+    path.write_text("\n".join(generate_stories(5, seed=3)) + "\n")
+    with pytest.raises(ValueError, match="5 documents, too few to hold out.*dataset_eval_path"):
+        load_texts(TextDataArguments(dataset_source="text", dataset_path=str(path)))
+
+
 def test_a_streamed_training_set_trains_and_resumes(tmp_path, isolated_artifacts, monkeypatch):
     """The real config's path: an IterableDataset (hub streaming) packed lazily, max_steps, resume mid-stream."""
     import training.pretrain_lm as script
-    from vlm_datasets.text import load_texts
 
     def streamed(args):
         train, held_out = load_texts(args)
