@@ -291,6 +291,7 @@ def run_evaluation(
     write_jsonl_atomic(pred_path, records)  # complete: the split's own order
 
     metrics = summarize(records) | nlvr2_metrics(records, eval_args.seed)
+    manifest = dataset_manifest(data_args, split)  # its "skipped": every bad example left out (uid, where, reason)
     if eval_args.image_order_probe:
         metrics["image_order_probe"] = image_order_probe(model, processor, examples, done, template, eval_args, out_dir)
     metrics |= {
@@ -299,6 +300,8 @@ def run_evaluation(
         "model": model_args.model_name_or_path,
         "adapter": eval_args.adapter_path,
         "prompt_template": template.name,
+        "n_skipped": manifest["skipped"]["count"],  # listed in run_record.json -> dataset.skipped
+        "bad_examples": data_args.bad_examples,
         "n_scored_this_run": len(todo),
         "examples_per_second": len(todo) / score_seconds if todo and score_seconds > 0 else None,
         "wall_seconds": time.time() - start,
@@ -308,7 +311,7 @@ def run_evaluation(
         out_dir,
         (eval_args, data_args, model_args, lab_args),
         template,
-        dataset_manifest(data_args, split),
+        manifest,
         eval_args.seed,
         kind="eval",
     )

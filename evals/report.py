@@ -122,6 +122,13 @@ def render_markdown(run_dir: Path, info: dict, metrics: dict, confusion: dict, c
         f"| scoring | {info.get('scoring', 'unknown')} |",
         f"| prompt template | {info.get('prompt_template', 'unknown')} |",
         f"| examples | {n} predicted, {metrics['n']} labeled and scored |",
+    ]
+    if info.get("n_skipped") is not None:  # written by evals/evaluate.py; the list is in run_record.json
+        lines.append(
+            f"| bad examples | {info['n_skipped']} skipped (bad_examples: {info.get('bad_examples', 'unknown')}; "
+            "listed in run_record.json) |"
+        )
+    lines += [
         "",
         "## Results",
         "",

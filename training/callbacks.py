@@ -250,7 +250,7 @@ def _step(folder: Path) -> int:
 
 def resume_source(resume, output_dir: str, mirror: Path | None, main_process: bool = True):
     """--resume_from_checkpoint true/last with a mirror: the newer of output_dir's newest complete checkpoint and the
-    mirror's newest complete copy (output_dir on a tie). Anything else is returned as given (sft.resume_checkpoint
+    mirror's newest complete copy (output_dir on a tie). Anything else is returned as given (resume_checkpoint
     handles it)."""
     wants_last = resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last"))
     if mirror is None or not wants_last:
@@ -263,3 +263,13 @@ def resume_source(resume, output_dir: str, mirror: Path | None, main_process: bo
         return str(local)
     logger.info("resuming from the mirrored copy %s (newer than anything in %s)", mirrored, output_dir)
     return str(mirrored)
+
+
+def resume_checkpoint(resume: str | bool | None, output_dir: str, main_process: bool = True) -> str | bool | None:
+    """Resume "true"/"last" -> the newest complete checkpoint-N of output_dir (utils.checkpoints); a path stays."""
+    if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
+        found = last_complete_checkpoint(output_dir, set_aside=main_process)
+        if found is None:
+            raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir}")
+        return str(found)
+    return resume

@@ -150,7 +150,8 @@ def load_vision(args: ComposeArguments, dtype: torch.dtype):
     path = args.vision_model_name_or_path
     config = AutoConfig.from_pretrained(path)
     config = getattr(config, "vision_config", config)  # a full CLIP / SigLIP checkpoint: its vision half
-    encoder = MODEL_MAPPING[type(config)].from_pretrained(path, dtype=dtype)  # e.g. CLIPVisionModel
+    encoder_class = MODEL_MAPPING[type(config)]  # e.g. CLIPVisionModel
+    encoder = encoder_class.from_pretrained(path, dtype=dtype, use_safetensors=True)
     return encoder, encoder.config, AutoImageProcessor.from_pretrained(path)
 
 
@@ -190,7 +191,7 @@ def load_text(args: ComposeArguments, dtype: torch.dtype):
         ids = dict(vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
         return None, _from_dict({**args.text_config, **ids}), tokenizer, fmt
     path = args.text_model_name_or_path
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
     tokenizer, fmt = prepare_tokenizer(AutoTokenizer.from_pretrained(args.tokenizer_name_or_path or path), args)
     return lm, lm.config, tokenizer, fmt
 

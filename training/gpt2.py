@@ -104,7 +104,7 @@ def build_model(args: LMModelArguments, tokenizer) -> GPT2LMHeadModel:
     eos = tokenizer.eos_token_id
     if args.model_name_or_path:
         model = AutoModelForCausalLM.from_pretrained(
-            args.model_name_or_path, attn_implementation=args.attn_implementation
+            args.model_name_or_path, attn_implementation=args.attn_implementation, use_safetensors=True
         )
     else:
         config = GPT2Config(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import re
 from datetime import UTC, datetime
@@ -59,6 +60,14 @@ def config_dict(*args_objects) -> dict[str, Any]:
         d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
         merged[type(obj).__name__] = _jsonable(d)
     return merged
+
+
+def token_to_environment(training_args) -> None:
+    """A hub token given as an argument moves to HF_TOKEN: the Trainer pickles its arguments, token included, into
+    training_args.bin in every checkpoint and in the run directory."""
+    if training_args.hub_token:
+        os.environ["HF_TOKEN"] = training_args.hub_token
+        training_args.hub_token = None
 
 
 def write_json_atomic(path: Path, payload: Any) -> Path:

@@ -27,40 +27,20 @@ python training/sft.py --config training/configs/embedded_lora.yaml --bad_exampl
 from __future__ import annotations
 
 import logging
-import os
 
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_source
+from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.models import LabModelArguments, load_model, load_processor, lora_config
 from training.pipeline import training_data
-from training.run_record import write_run_record
+from training.run_record import token_to_environment, write_run_record
 from training.trainer import LabSFTTrainer
-from utils.checkpoints import last_complete_checkpoint
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import dataset_manifest
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
-
-
-def token_to_environment(training_args: SFTConfig) -> None:
-    """A hub token given as an argument moves to HF_TOKEN: the Trainer pickles its arguments, token included, into
-    training_args.bin in every checkpoint and in the run directory."""
-    if training_args.hub_token:
-        os.environ["HF_TOKEN"] = training_args.hub_token
-        training_args.hub_token = None
-
-
-def resume_checkpoint(resume: str | bool | None, output_dir: str, main_process: bool = True) -> str | bool | None:
-    """Resume "true"/"last" -> the newest complete checkpoint-N of output_dir (utils.checkpoints); a path stays."""
-    if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
-        found = last_complete_checkpoint(output_dir, set_aside=main_process)
-        if found is None:
-            raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir}")
-        return str(found)
-    return resume
 
 
 def main(

@@ -24,6 +24,10 @@ python training/train_vlm.py --config training/configs/compose/vit_moe_embedded_
 python training/train_vlm.py --config training/configs/compose/gpt2v_embedded_stage1.yaml --max_steps 50 \
     --projector_learning_rate 1e-3
 
+# Resume from the newest complete checkpoint of output_dir; skip and count unreadable images instead of stopping
+python training/train_vlm.py --config training/configs/compose/clip_gpt2_stage1.yaml --resume_from_checkpoint true \
+    --bad_examples skip
+
 tensorboard --logdir artifacts/logs   # loss, per-group learning rates, MoE aux loss and expert load
 """
 
@@ -41,12 +45,12 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from training.callbacks import LabTrainingArguments, add_lab_callbacks
+from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.collators import CaptionCollator
-from training.run_record import config_dict, library_versions, write_json_atomic
+from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
 from training.stages import StageArguments, VLMTrainer, lora_config, set_trainable
 from training.vlm_eval import VLMEvalArguments, constant_baseline, evaluate, held_out_texts
-from vlm_datasets.captions import CaptionDataArguments, load_caption_split
+from vlm_datasets.captions import CaptionDataArguments, caption_skip_report, load_caption_split
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ def load(model_args: ModelConfig):
     """The composed model and its processor, from a folder or hub id (AutoModelForImageTextToText / AutoProcessor)."""
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     path = model_args.model_name_or_path
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, revision=model_args.model_revision)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=dtype, revision=model_args.model_revision, use_safetensors=True
+    )
     return model, AutoProcessor.from_pretrained(path, revision=model_args.model_revision)
 
 
@@ -78,6 +84,7 @@ def main(
     start = time.time()
     lab_args = lab_args or LabTrainingArguments()
     set_seed(training_args.seed)
+    token_to_environment(training_args)
     out = Path(training_args.output_dir)
 
     # Model: components frozen or trained as the stage says; LoRA (when asked) is applied by the trainer
@@ -109,8 +116,13 @@ def main(
         peft_config=peft_config,
         stage=stage,
     )
-    add_lab_callbacks(trainer, lab_args, training_args)  # TensorBoard folder under the artifact root
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or None)
+    mirror = add_lab_callbacks(trainer, lab_args, training_args)  # TensorBoard folder, checkpoint mirror
+    main_process = trainer.accelerator.is_main_process
+    resume = resume_source(  # the mirror's newest complete copy when it is newer than output_dir's
+        training_args.resume_from_checkpoint, training_args.output_dir, mirror and mirror.dest, main_process
+    )
+    resume = resume_checkpoint(resume, training_args.output_dir, main_process)  # a half-written one is set aside
+    trainer.train(resume_from_checkpoint=resume or None)
 
     results["after"], predictions = evaluate(trainer.model, processor, eval_rows, eval_args, texts)
     logger.info("after: %s", json.dumps(results["after"]))
@@ -129,6 +141,7 @@ def main(
         for r, p in zip(eval_rows, predictions, strict=True):
             f.write(json.dumps({"uid": r["uid"], "task": r["task"], "prediction": p, "references": r["references"]}))
             f.write("\n")
+    skipped = {"train": caption_skip_report(data_args, train=True), "eval": caption_skip_report(data_args, train=False)}
     summary = {
         "stage": stage.stage_name,
         "model": model_args.model_name_or_path,
@@ -137,6 +150,9 @@ def main(
             "train_rows": _length(train_dataset),
             "eval_rows": len(eval_rows),
             "eval_tasks": dict(Counter(r["task"] for r in eval_rows)),
+            "bad_examples": data_args.bad_examples,
+            "skipped_train_rows": skipped["train"]["count"],
+            "skipped_eval_rows": skipped["eval"]["count"],
         },
         "trainable_parameters": {**trainable, "lora": lora},
         "train_loss": loss_curve(trainer.state.log_history),
@@ -151,6 +167,7 @@ def main(
         "seed": training_args.seed,
         "chat_template": processor.chat_template,
         "config": config_dict(data_args, model_args, stage, eval_args, lab_args, training_args),
+        "skipped": skipped,  # every row left out under bad_examples=skip: uid, where, reason
         "versions": library_versions(),
     }
     write_json_atomic(out / "run_record.json", record)

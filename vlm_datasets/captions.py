@@ -13,24 +13,36 @@ image's five COCO captions, or the answer alone), so nothing downstream knows wh
   lmms-lab/LLaVA-OneVision-Data) or caption columns (`image` + `caption`/`captions`/`answer`, a string or a list).
 - synthetic: scenes of vlm_datasets/synthetic.py (random_scene + render), captioned by its describe(), plus
   questions about the same scene (counts, existence, what is where), deterministic by seed; offline.
+
+Images are checked as the NLVR2 sources check theirs: every image of the rows a split keeps is opened with
+`open_image` (missing, unreadable, truncated, a decompression bomb, a degenerate aspect ratio: a DataError naming the
+uid and the file), and `bad_examples` fails on the first bad one or skips its rows and counts them
+(`caption_skip_report`). Hub rows hold the opened image; COCO and LLaVA rows keep the image's path, not a decoded copy
+(COCO has five caption rows per image), and `to_chat` normalizes the decoded image exactly as `open_image` does (RGB,
+upright, 16-bit grey scaled). A malformed conversation or annotation stops the load naming its id whatever the policy.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from PIL import Image
 
+from vlm_datasets.bad_examples import SkipLog, new_skip_log, skip_report
+from vlm_datasets.config import BAD_EXAMPLE_POLICIES
 from vlm_datasets.errors import DataError
-from vlm_datasets.hub import _in_local_cache, _is_offline
+from vlm_datasets.hub import _in_local_cache, _is_image_feature, _is_offline, _to_rgb, _undecoded
+from vlm_datasets.images import normalize_image
 from vlm_datasets.synthetic import COLORS, NUMBERS, SHAPES, Obj, describe, random_scene, render
 
 logger = logging.getLogger(__name__)
@@ -104,6 +116,15 @@ class CaptionDataArguments:
     synthetic_max_objects: int = field(default=4, metadata={"help": "synthetic: most objects in a scene."})
     max_train_examples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
     max_eval_examples: int | None = field(default=None, metadata={"help": "Cap on evaluation rows."})
+    bad_examples: str = field(
+        default="fail",
+        metadata={
+            "help": "A bad image (missing, unreadable, truncated, too many pixels): fail stops at the first one "
+            "naming its uid and file; skip drops its rows and counts them (uid + reason) in summary.json and "
+            "run_record.json.",
+            "choices": list(BAD_EXAMPLE_POLICIES),
+        },
+    )
 
     def __post_init__(self):
         if self.dataset_source not in CAPTION_SOURCES:
@@ -116,6 +137,8 @@ class CaptionDataArguments:
             raise ValueError(f"dataset_source {self.dataset_source} needs data_file and image_folder")
         if isinstance(self.dataset_column_map, str):
             self.dataset_column_map = json.loads(self.dataset_column_map)
+        if self.bad_examples not in BAD_EXAMPLE_POLICIES:
+            raise ValueError(f"bad_examples {self.bad_examples!r} unknown; choose one of {list(BAD_EXAMPLE_POLICIES)}")
 
 
 def row(uid, images, question, answer, references=None, history=(), task="chat", meta=None) -> dict[str, Any]:
@@ -135,7 +158,7 @@ def row(uid, images, question, answer, references=None, history=(), task="chat",
 def to_chat(example: dict[str, Any]) -> dict[str, Any]:
     """A row -> the prompt/completion chat the collator renders: the images first in the first user turn."""
     turns = list(example["history"]) + [{"role": "user", "content": example["question"]}]
-    images = [im if im.mode == "RGB" else im.convert("RGB") for im in example["images"]]
+    images = [normalize_image(im, f"uid {example['uid']}") for im in example["images"]]  # as open_image does
     prompt, placed = [], False
     for turn in turns:
         content = [{"type": "text", "text": turn["content"]}]
@@ -201,14 +224,32 @@ def synthetic_rows(
         yield row(f"capsyn_{split}-{i}", [image], question, answer, task=kind, meta=meta)
 
 
+# ---- images: opened and checked once the rows are chosen (the bad-example policy) --------------------------------
+
+
+def _open_shared_image(group: list[dict[str, Any]], log: SkipLog) -> Image.Image | None:
+    """The image the rows of `group` share, opened with open_image (RGB, upright); None when it does not open: then
+    each row goes to `log` (raised under bad_examples=fail) naming its uid, the image file and the reason."""
+    image = group[0]["images"][0]
+    name = image if isinstance(image, str) else (isinstance(image, dict) and image.get("path")) or 0
+    try:
+        return _to_rgb(image, f"uid {group[0]['uid']}, image {name}")
+    except DataError as e:
+        for r in group:
+            log.bad(DataError(f"uid {r['uid']}, image {name}", e.problem), uid=r["uid"])
+        return None
+
+
+def checked_rows(rows: Iterable[dict[str, Any]], log: SkipLog) -> Iterator[dict[str, Any]]:
+    """The rows whose image file opens (once for consecutive rows of the same image), still holding its path; the
+    others go to `log`."""
+    for _, group in itertools.groupby(rows, key=lambda r: r["images"][0]):
+        group = list(group)
+        if _open_shared_image(group, log) is not None:
+            yield from group
+
+
 # ---- COCO captions layout -----------------------------------------------------------------------------------------
-
-
-def _image_path(folder: str | Path, name: str, where: str) -> str:
-    path = Path(folder) / name
-    if not path.is_file():
-        raise DataError(where, f"image {path} not found")
-    return str(path)
 
 
 def coco_rows(
@@ -223,7 +264,7 @@ def coco_rows(
     for image_id in sorted(captions):
         if image_id not in files:
             raise DataError(f"{annotations_file}: image_id {image_id}", "has captions but no entry in images")
-        path = _image_path(image_folder, files[image_id], f"{annotations_file}: image_id {image_id}")
+        path = str(Path(image_folder) / files[image_id])  # opened by checked_rows
         refs = captions[image_id]
         meta = {"source": "coco", "image_id": image_id, "file_name": files[image_id]}
         if per_image:
@@ -279,7 +320,7 @@ def llava_rows(data_file: str, image_folder: str) -> Iterator[dict[str, Any]]:
         if not entry.get("image"):
             text_only += 1
             continue
-        path = _image_path(image_folder, entry["image"], f"{data_file}: id {entry['id']}")
+        path = str(Path(image_folder) / entry["image"])  # opened by checked_rows
         yield from conversation_rows(uid, path, entry["conversations"], {"source": "llava_json", "image": path})
     if text_only:
         logger.warning(
@@ -313,9 +354,18 @@ def _first_image(value):
     return value[0] if isinstance(value, list) else value
 
 
-def hub_rows(args: CaptionDataArguments, split: str, per_image: bool = False, skip: int = 0, take: int | None = None):
+def hub_rows(
+    args: CaptionDataArguments,
+    split: str,
+    per_image: bool = False,
+    skip: int = 0,
+    take: int | None = None,
+    log: SkipLog | None = None,
+):
     """A hub dataset (streamed when dataset_streaming) mapped to CAPTION_FEATURES, after skipping `skip` source rows
-    and keeping `take`; a clear error when offline."""
+    and keeping `take`; a clear error when offline. The rows of an image that does not open go to `log` (default:
+    fail on it), as the rows are read for a stream."""
+    log = SkipLog("fail", f"hub dataset {args.dataset_name} split {split}") if log is None else log
     name = args.dataset_name
     if _is_offline() and not Path(name).exists() and not _in_local_cache(name):
         raise CaptionSourceUnreachableError(name, "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache")
@@ -327,6 +377,8 @@ def hub_rows(args: CaptionDataArguments, split: str, per_image: bool = False, sk
         raise CaptionSourceUnreachableError(name, f"{type(e).__name__}: {e}") from e
     names = list(ds.column_names or next(iter(ds)).keys())
     cols = _columns(names, args.dataset_column_map)
+    if ds.features and _is_image_feature(ds.features.get(cols["image"])):  # undecoded: opened by content, checked
+        ds = ds.cast_column(cols["image"], _undecoded(ds.features[cols["image"]]))
     if skip:
         ds = ds.skip(skip) if isinstance(ds, datasets.IterableDataset) else ds.select(range(skip, len(ds)))
     ds = _take(ds, take)
@@ -338,17 +390,30 @@ def hub_rows(args: CaptionDataArguments, split: str, per_image: bool = False, sk
             image = _first_image(batch[cols["image"]][k])
             meta = {"source": "hub", "dataset": name, "split": split, "index": index}
             if cols["conversations"] is not None:
-                out += conversation_rows(uid, image, batch[cols["conversations"]][k], meta)
-                continue
-            caps = batch[cols["caption"]][k]
-            caps = [caps] if isinstance(caps, str) else list(caps)
-            question = batch[cols["question"]][k] if cols["question"] else args.caption_prompt
-            for j, cap in enumerate(caps[:1] if per_image else caps):
-                out.append(row(f"{uid}-{j}", [image], question, cap, caps, task="caption", meta=meta))
+                rows = list(conversation_rows(uid, image, batch[cols["conversations"]][k], meta))
+            else:
+                caps = batch[cols["caption"]][k]
+                caps = [caps] if isinstance(caps, str) else list(caps)
+                question = batch[cols["question"]][k] if cols["question"] else args.caption_prompt
+                rows = [
+                    row(f"{uid}-{j}", [image], question, cap, caps, task="caption", meta=meta)
+                    for j, cap in enumerate(caps[:1] if per_image else caps)
+                ]
+            opened = _open_shared_image(rows, log) if rows else None
+            out += [{**r, "images": [opened]} for r in rows] if opened is not None else []
         return {key: [r[key] for r in out] for key in CAPTION_FEATURES}
 
+    kwargs = {}
+    if isinstance(ds, datasets.Dataset) and log.policy == "skip":
+        kwargs["load_from_cache_file"] = False  # a reused map cache would skip rows without naming them again
     return ds.map(
-        convert, batched=True, batch_size=16, with_indices=True, remove_columns=names, features=CAPTION_FEATURES
+        convert,
+        batched=True,
+        batch_size=16,
+        with_indices=True,
+        remove_columns=names,
+        features=CAPTION_FEATURES,
+        **kwargs,
     )
 
 
@@ -378,10 +443,12 @@ def load_caption_split(args: CaptionDataArguments, train: bool = True):
 
     With no separate evaluation data (a file source without eval_data_file, or a hub source whose eval split is its
     train split), the first max_eval_examples images (hub: source rows) are held out: evaluated on, never trained on.
+    Rows whose image does not open fail or are skipped per args.bad_examples (caption_skip_report lists them).
     """
     limit = args.max_train_examples if train else args.max_eval_examples
     held = args.max_eval_examples or 200
     src = args.dataset_source
+    log = new_skip_log(args, _split_name(train))
     if src == "hub":
         same = args.dataset_eval_split == args.dataset_train_split
         split = args.dataset_train_split if train else args.dataset_eval_split
@@ -391,6 +458,7 @@ def load_caption_split(args: CaptionDataArguments, train: bool = True):
             per_image=not train,
             skip=held if (same and train) else 0,
             take=held if (same and not train) else None,
+            log=log,
         )
         return _take(rows, limit)
     if src == "synthetic":
@@ -415,5 +483,15 @@ def load_caption_split(args: CaptionDataArguments, train: bool = True):
         rows = list(rows)
         if not args.eval_data_file:
             rows = _held_out_by_image(rows, held, train)
-    rows = list(rows)
-    return datasets.Dataset.from_list(rows[:limit] if limit is not None else rows, features=CAPTION_FEATURES)
+        rows = checked_rows(rows, log)  # images opened once the split's rows are chosen
+    return datasets.Dataset.from_list(list(itertools.islice(rows, limit)), features=CAPTION_FEATURES)
+
+
+def _split_name(train: bool) -> str:
+    return "train" if train else "eval"
+
+
+def caption_skip_report(args: CaptionDataArguments, train: bool = True) -> dict[str, Any]:
+    """{"policy", "count", "examples": [{"uid", "where", "reason"}, ...]}: the rows the latest load of the training
+    (or evaluation) split left out; for a stream, those read so far."""
+    return skip_report(args, _split_name(train))

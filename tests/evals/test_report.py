@@ -88,3 +88,12 @@ def test_report_needs_predictions(tmp_path):
     (run / "predictions.jsonl").write_text(json.dumps({"uid": "a", "label": None, "prediction": True}) + "\n")
     with pytest.raises(DataError, match="no labeled example"):
         write_report(run)
+
+
+def test_report_states_the_bad_examples_skipped(tmp_path):
+    run = write_run(tmp_path / "run")
+    assert "| bad examples |" not in write_report(run, n_resamples=10).read_text()  # not recorded: no row
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"n_skipped": 3, "bad_examples": "skip"}))
+    text = write_report(run, n_resamples=10).read_text()
+    assert "| bad examples | 3 skipped (bad_examples: skip; listed in run_record.json) |" in text

@@ -5,7 +5,8 @@ uid or file and the reason.
 Each Case is one example (one annotation record with two images) written into both local layouts: the official
 NLVR2 one (<root>/nlvr2/dev.json + images/) and a JSONL manifest (<root>/jsonl/dev.jsonl). An image case replaces
 the left image file; a record case changes the record (or writes a raw line); uid cases differ by layout because the
-official layout only takes NLVR2 identifiers.
+official layout only takes NLVR2 identifiers. The image cases are also written for the caption loaders
+(`write_caption_corpus`: a COCO-captions layout and a LLaVA chat JSON, one image each).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vlm_datasets.example import Example
 SPLIT = "dev"
 MISSING = object()  # a field left out of the record
 LOADERS = ("nlvr2", "jsonl")
+CAPTION_LOADERS = ("coco", "llava_json")
 GOOD_SIZE = (56, 56)
 
 
@@ -265,7 +267,12 @@ IMAGE_CASES = [
         "missing_image",
         "the record's left image file does not exist",
         "reject",
-        {"nlvr2": r"missing image dev-\d+-0-img0\.png", "jsonl": r"image not found"},
+        {
+            "nlvr2": r"missing image dev-\d+-0-img0\.png",
+            "jsonl": r"image not found",
+            "coco": r"image file not found",
+            "llava_json": r"image file not found",
+        },
         missing_image=True,
     ),
 ]
@@ -418,3 +425,46 @@ def write_corpus(root: Path, cases: list[Case], good_label: bool = True) -> Corp
     (root / "nlvr2" / f"{SPLIT}.json").write_bytes(b"\n".join(nlvr2_lines) + b"\n")
     (root / "jsonl" / f"{SPLIT}.jsonl").write_bytes(b"\n".join(jsonl_lines) + b"\n")
     return Corpus(root, cases, uids, line_cases)
+
+
+@dataclass
+class CaptionCorpus:
+    """Image cases for the caption loaders: `uids[loader][name]`, the rows each case's image gives (COCO: two
+    captions, two rows; LLaVA: one conversation turn)."""
+
+    root: Path
+    cases: list[Case]
+    uids: dict[str, dict[str, list[str]]]
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    def data_file(self, loader: str) -> Path:
+        return self.root / ("captions.json" if loader == "coco" else "llava.json")
+
+    def case_of(self, loader: str, uid: str) -> str | None:
+        return next((name for name, uids in self.uids[loader].items() if uid in uids), None)
+
+
+def write_caption_corpus(root: Path, cases: list[Case]) -> CaptionCorpus:
+    """`cases` (image cases) as a COCO-captions layout (captions.json + images/) and a LLaVA chat JSON (llava.json)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    coco: dict[str, list] = {"images": [], "annotations": []}
+    llava = []
+    uids: dict[str, dict[str, list[str]]] = {"coco": {}, "llava_json": {}}
+    for n, case in enumerate(cases):
+        name = f"{n + 1}-{case.name}{case.suffix}"
+        if not case.missing_image:
+            (images / name).write_bytes(case.image() if case.image else encode(noise(seed=n), "PNG"))
+        coco["images"].append({"id": n + 1, "file_name": name})
+        for j in range(2):
+            coco["annotations"].append({"id": 2 * n + j, "image_id": n + 1, "caption": f"Case {case.name}, {j}."})
+        uids["coco"][case.name] = [f"coco-{n + 1}-{j}" for j in range(2)]
+        turns = [{"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": case.name}]
+        llava.append({"id": f"case{n + 1}", "image": name, "conversations": turns})
+        uids["llava_json"][case.name] = [f"llava-case{n + 1}-0"]
+    (root / "captions.json").write_text(json.dumps(coco))
+    (root / "llava.json").write_text(json.dumps(llava))
+    return CaptionCorpus(root, cases, uids)

@@ -1,12 +1,14 @@
-"""Measure what every stage does with each case of the bad-input corpus, and print it as a markdown table.
+"""Measure what every stage does with each case of the bad-input corpus, and print it as markdown tables.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python tests/reliability/reliability_report.py [--kills N]
 
 Stages: each local loader (official NLVR2 layout, JSONL manifest) under bad_examples=fail (the case alone beside
-one good example) and skip (every case in one file), the cache build (skip: its manifest.json), the training
-collator on one batch of every example that loaded, and evaluation (predictions.jsonl and run_record.json) on the
-tiny model. `--kills N` also runs N SIGKILL-and-resume trainings and N killed cache builds (see test_interruption).
-The tests in this folder assert the same outcomes against the expectations in reliability_corpus.py.
+one good example) and skip (every case in one file), the cache build (skip: its manifest.json), training's data
+pipeline (training/pipeline.py: tokenize_split, then TokenizedCollator batches) on every labelled example that loaded,
+and evaluation (predictions.jsonl and run_record.json) on the tiny model; then the image cases through the caption
+loaders (COCO layout, LLaVA chat JSON) under fail and skip. `--kills N` also runs N SIGKILL-and-resume trainings
+and N killed cache builds (see test_interruption). The tests in this folder assert the same outcomes against the
+expectations in reliability_corpus.py.
 """
 
 from __future__ import annotations
@@ -16,11 +18,24 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from reliability_corpus import BY_NAME, CASES, LOADERS, SPLIT, Case, Corpus, write_corpus  # noqa: E402
+from reliability_corpus import (  # noqa: E402
+    BY_NAME,
+    CAPTION_LOADERS,
+    CASES,
+    IMAGE_CASES,
+    LOADERS,
+    SPLIT,
+    CaptionCorpus,
+    Case,
+    Corpus,
+    write_caption_corpus,
+    write_corpus,
+)
 
 from vlm_datasets.cache import build_cache, load_cached_split  # noqa: E402
 from vlm_datasets.config import DataArguments  # noqa: E402
@@ -130,28 +145,58 @@ def measure_loaders(root: Path, cases: list[Case] = CASES) -> tuple[list[Row], d
     return list(rows.values()), corpora
 
 
-def measure_collator(rows: list[Row], corpus: Corpus, model_dir: Path) -> None:
-    """One batch of every labeled example the JSONL loader kept, through the training collator."""
-    from training.collators import IGNORE_INDEX, ExampleCollator
+def _pipeline_problems(batch: dict, i: int, row: dict, grids, processor, template) -> list[str]:
+    """What is wrong with row i of a TokenizedCollator batch: its image tokens against its images' grid, and its
+    labels against the answer's tokens (set there and nowhere else)."""
+    from training.collators import IGNORE_INDEX
+
+    tok, merge = processor.tokenizer, processor.image_processor.merge_size
+    problems = []
+    image_tokens = int((batch["input_ids"][i] == processor.image_token_id).sum())
+    if image_tokens != sum(int(g.prod()) // merge**2 for g in grids) or image_tokens != row["image_tokens"]:
+        problems.append(f"{image_tokens} image tokens for grids {[g.tolist() for g in grids]}")
+    answer = tok(template.answer(row["label"]) + tok.eos_token, add_special_tokens=False).input_ids
+    end = int(batch["attention_mask"][i].sum())
+    labelled = (batch["labels"][i] != IGNORE_INDEX).nonzero().flatten().tolist()
+    got = batch["labels"][i, labelled].tolist()
+    if labelled != list(range(end - len(answer), end)) or got != answer:
+        problems.append(f"labels {got} on positions {labelled}; the answer is {answer}, the last of {end} tokens")
+    return problems
+
+
+def measure_pipeline(rows: list[Row], corpus: Corpus, model_dir: Path, batch_size: int = 8) -> None:
+    """Every labelled example the JSONL loader kept through training/pipeline.py as training/sft.py uses it
+    (require_labels, tokenize_split, TokenizedCollator), batch by batch: image tokens match the pixels
+    (image_grid_thw) and labels are set on exactly the answer tokens."""
     from training.models import load_processor
+    from training.pipeline import TokenizedCollator, tokenize_split
+    from vlm_datasets.bad_examples import skip_report
+    from vlm_datasets.loading import require_labels
     from vlm_datasets.prompts import get_template
 
-    ds = load_split(data_args(corpus, "jsonl", "skip"), SPLIT)
-    batch_rows = [r for r in ds if r["label"] is not None]
+    args = data_args(corpus, "jsonl", "skip")
     processor = load_processor(str(model_dir))
-    batch = ExampleCollator(processor, get_template("nlvr2_true_false"))(batch_rows)
-    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    by_uid = {r["uid"]: i for i, r in enumerate(batch_rows)}
+    template = get_template(args.prompt_template)
+    ds = load_split(args, SPLIT)
+    tokenized = list(tokenize_split(require_labels(ds, args, SPLIT), processor, template))
+    collate = TokenizedCollator(processor)
+    checked: dict[str, Outcome] = {}
+    for start in range(0, len(tokenized), batch_size):
+        batch_rows = tokenized[start : start + batch_size]
+        batch = collate(batch_rows)
+        grids = iter(batch["image_grid_thw"])  # [images in the batch, 3]: each row's images, in order
+        for i, row in enumerate(batch_rows):
+            problems = _pipeline_problems(batch, i, row, [next(grids) for _ in row["images"]], processor, template)
+            checked[row["uid"]] = Outcome("WRONG", "; ".join(problems)) if problems else Outcome("ok")
+    kept, reasons = set(ds["uid"]), {e["uid"]: e["reason"] for e in skip_report(args, SPLIT)["examples"]}
     for row in rows:
         uid = corpus.uids[row.case.name]
-        if uid in by_uid:
-            i = by_uid[uid]
-            ok = (batch["input_ids"][i] == image_id).sum() > 0 and (batch["labels"][i] != IGNORE_INDEX).sum() > 0
-            row.stages["collator"] = Outcome("ok" if ok else "WRONG")
-        elif uid in {r["uid"] for r in ds}:
-            row.stages["collator"] = Outcome("-", "unlabeled: refused in training")
+        if uid in checked:
+            row.stages["pipeline"] = checked[uid]
+        elif uid in kept:  # loaded, then dropped and counted by require_labels (unlabeled), as in training
+            row.stages["pipeline"] = Outcome("skipped", reasons[uid]) if uid in reasons else Outcome("missing")
         else:
-            row.stages["collator"] = Outcome("-")
+            row.stages["pipeline"] = Outcome("-")  # never reaches it: rejected by the loader
 
 
 def measure_eval(rows: list[Row], corpus: Corpus, model_dir: Path, out_dir: Path) -> dict:
@@ -177,14 +222,70 @@ def measure_eval(rows: list[Row], corpus: Corpus, model_dir: Path, out_dir: Path
     return record
 
 
-COLUMNS = ("nlvr2 fail", "nlvr2 skip", "nlvr2 cache", "jsonl fail", "jsonl skip", "jsonl cache", "collator", "eval")
+def caption_args(corpus: CaptionCorpus, loader: str, policy: str):
+    from vlm_datasets.captions import CaptionDataArguments
+
+    data, images = str(corpus.data_file(loader)), str(corpus.images)
+    return CaptionDataArguments(
+        dataset_source=loader, data_file=data, image_folder=images, eval_data_file=data, bad_examples=policy
+    )
 
 
-def markdown(rows: list[Row]) -> str:
-    head = "| case | input | " + " | ".join(COLUMNS) + " |"
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 2)]
+def _caption_outcome(case: Case, row: dict | None) -> Outcome:
+    """A caption row's outcome: its check on the images to_chat gives the model (decoded and normalized)."""
+    from vlm_datasets.captions import to_chat
+
+    return _loaded_outcome(case, None if row is None else SimpleNamespace(images=to_chat(row)["images"]))
+
+
+def measure_caption_loaders(root: Path, cases: list[Case] = IMAGE_CASES) -> tuple[list[Row], dict[str, dict]]:
+    """The image cases through the caption loaders (vlm_datasets/captions.py) under bad_examples=fail (the case beside
+    one good image) and skip (every case in one file); returns rows and, per loader, rows kept / skipped / written."""
+    from vlm_datasets.captions import caption_skip_report, load_caption_split
+
+    rows = {c.name: Row(c) for c in cases}
+    counts = {}
+    for loader in CAPTION_LOADERS:
+        for case in cases:
+            corpus = write_caption_corpus(root / f"{case.name}-{loader}", [BY_NAME["png"], case])
+            uids = corpus.uids[loader][case.name]
+            try:
+                ds = load_caption_split(caption_args(corpus, loader, "fail"))
+            except DataError as e:
+                named = any(f"uid {uid}" in str(e) for uid in uids) or str(corpus.images) in str(e)
+                rows[case.name].stages[f"{loader} fail"] = Outcome("rejected", e.problem, named, str(e))
+                continue
+            kept = {r["uid"]: r for r in ds}
+            rows[case.name].stages[f"{loader} fail"] = _caption_outcome(case, kept.get(uids[0]))
+        corpus = write_caption_corpus(root / f"all-{loader}", cases)
+        args = caption_args(corpus, loader, "skip")
+        ds = load_caption_split(args)
+        report = caption_skip_report(args)
+        skipped: dict[str, str] = {}
+        for entry in report["examples"]:
+            skipped.setdefault(corpus.case_of(loader, entry["uid"]), entry["reason"])
+        kept = {r["uid"]: r for r in ds}
+        for case in cases:
+            if case.name in skipped:
+                rows[case.name].stages[f"{loader} skip"] = Outcome("skipped", skipped[case.name])
+            else:
+                rows[case.name].stages[f"{loader} skip"] = _caption_outcome(
+                    case, kept.get(corpus.uids[loader][case.name][0])
+                )
+        written = sum(len(u) for u in corpus.uids[loader].values())
+        counts[loader] = {"kept": len(ds), "skipped": report["count"], "written": written}
+    return list(rows.values()), counts
+
+
+COLUMNS = ("nlvr2 fail", "nlvr2 skip", "nlvr2 cache", "jsonl fail", "jsonl skip", "jsonl cache", "pipeline", "eval")
+CAPTION_COLUMNS = ("coco fail", "coco skip", "llava_json fail", "llava_json skip")
+
+
+def markdown(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> str:
+    head = "| case | input | " + " | ".join(columns) + " |"
+    lines = [head, "|" + " --- |" * (len(columns) + 2)]
     for row in rows:
-        cells = [row.stages[c].cell() if c in row.stages else "" for c in COLUMNS]
+        cells = [row.stages[c].cell() if c in row.stages else "" for c in columns]
         lines.append(f"| {row.case.name} | {row.case.description} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -222,10 +323,18 @@ def main(argv: list[str]) -> None:
         tokenizer = build_tokenizer()
         build_model(tokenizer).save_pretrained(model_dir)
         build_processor(tokenizer, max_pixels=56 * 56).save_pretrained(model_dir)
-        measure_collator(rows, corpora["jsonl"], model_dir)
+        measure_pipeline(rows, corpora["jsonl"], model_dir)
         measure_eval(rows, corpora["jsonl"], model_dir, root / "eval")
         print(markdown(rows))
         print(f"\n{len(rows)} cases x {len(COLUMNS)} stages: {summary(rows)} ({time.time() - start:.0f} s)")
+        start = time.time()
+        caption_rows, counts = measure_caption_loaders(root / "captions")
+        print("\n" + markdown(caption_rows, CAPTION_COLUMNS))
+        print(f"\nrows kept / skipped / written: {counts}")
+        print(
+            f"{len(caption_rows)} image cases x {len(CAPTION_COLUMNS)} stages: {summary(caption_rows)} "
+            f"({time.time() - start:.0f} s)"
+        )
         if opts.kills:
             from test_interruption import kill_and_resume_trials
 

@@ -1,5 +1,6 @@
-"""The bad-input corpus through both local loaders (fail and skip), the cache build, the collator, evaluation and
-training: every case is normalized or rejected naming its uid or file and the reason; skipped ones are counted."""
+"""The bad-input corpus through both local loaders (fail and skip), the cache build, training's data pipeline,
+evaluation and training, and its image cases through the caption loaders (COCO, LLaVA JSON): every case is normalized
+or rejected naming its uid or file and the reason; skipped ones are counted."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ import re
 import datasets
 import pytest
 from PIL import Image
-from reliability_corpus import BY_NAME, CASES, LOADERS, SPLIT, Case, write_corpus
-from reliability_report import data_args, measure_collator, measure_eval, measure_loaders
+from reliability_corpus import BY_NAME, CAPTION_LOADERS, CASES, IMAGE_CASES, LOADERS, SPLIT, Case, write_corpus
+from reliability_report import data_args, measure_caption_loaders, measure_eval, measure_loaders, measure_pipeline
 
-from training.collators import ExampleCollator
 from training.models import load_processor
+from training.pipeline import tokenize_split
 from vlm_datasets import hub
 from vlm_datasets.bad_examples import skip_report
 from vlm_datasets.cache import CacheError, NotCachedError, build_cache, load_cached_split, verify_cache
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
-from vlm_datasets.example import Example
+from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
@@ -100,26 +101,28 @@ def test_a_skipping_cache_is_refused_under_fail_fast(measured):
         load_cached_split(args, SPLIT, root / "cache-jsonl")
 
 
-def test_the_collator_batches_every_loaded_example(measured, tiny_model_dir):
+def test_the_training_pipeline_batches_every_kept_labelled_example(measured, tiny_model_dir):
     rows, corpora, _ = measured
-    measure_collator(list(rows.values()), corpora["jsonl"], tiny_model_dir)
+    measure_pipeline(list(rows.values()), corpora["jsonl"], tiny_model_dir)
     for case in CASES:
-        outcome = rows[case.name].stages["collator"]
-        if (case.expected("jsonl") == "ok" or case.duplicate) and case.name != "label_missing":
+        outcome = rows[case.name].stages["pipeline"]
+        if case.name == "label_missing":  # dropped and counted before tokenizing, as training does
+            assert outcome.status == "skipped" and outcome.detail.startswith("unlabeled example"), outcome
+        elif case.expected("jsonl") == "ok" or case.duplicate:  # image tokens match the pixels, labels the answer
             assert outcome.status == "ok", (case.name, outcome)
         else:
             assert outcome.status == "-", (case.name, outcome)
 
 
-def test_the_collator_names_the_uid_whose_images_the_processor_refuses(tiny_model_dir):
+def test_the_pipeline_names_the_uid_whose_images_the_processor_refuses(tiny_model_dir):
     processor = load_processor(str(tiny_model_dir))
     good = Image.new("RGB", (56, 56), (0, 0, 200))
-    rows = [
-        Example("dev-1-0-0", [good, good], "Fine.", True).to_row(),
-        Example("odd/uid", [Image.new("RGB", (1, 300)), good], "Too thin.", False).to_row(),  # not via a loader
+    examples = [
+        Example("dev-1-0-0", [good, good], "Fine.", True),
+        Example("odd/uid", [Image.new("RGB", (1, 300)), good], "Too thin.", False),  # not via a loader
     ]
     with pytest.raises(DataError, match=r"uid odd/uid: the image processor refuses its images .*aspect ratio"):
-        ExampleCollator(processor, get_template("nlvr2_true_false"))(rows)
+        tokenize_split(examples_to_dataset(examples), processor, get_template("nlvr2_true_false"))
 
 
 def test_evaluation_predicts_every_kept_example_and_records_the_skipped(measured, tiny_model_dir, tmp_path):
@@ -133,6 +136,8 @@ def test_evaluation_predicts_every_kept_example_and_records_the_skipped(measured
         assert rows[case.name].stages["eval"].status == want, case.name
     skipped = record["dataset"]["skipped"]
     assert skipped["policy"] == "skip" and skipped["count"] == len(REJECTED)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())  # the run summary counts them too
+    assert (metrics["n_skipped"], metrics["bad_examples"]) == (len(REJECTED), "skip")
     preds = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     by_uid = {p["uid"]: p for p in preds}
     for name in ("sentence_non_ascii", "sentence_html"):  # verbatim: escaping is for whoever renders HTML
@@ -166,6 +171,55 @@ def test_training_refuses_an_unlabeled_example_before_the_first_step(tiny_model_
     with pytest.raises(DataError, match=r"uid dev-2-0-0: unlabeled example in training split 'dev'"):
         run_sft(tiny_model_dir, out, *data, "--max_steps", "1")
     assert not list(out.glob("checkpoint-*"))
+
+
+# ---- the caption loaders (COCO layout, LLaVA chat JSON) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def captions_measured(tmp_path_factory):
+    return measure_caption_loaders(tmp_path_factory.mktemp("captions"))
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("loader", CAPTION_LOADERS)
+def test_each_image_case_through_the_caption_loaders(captions_measured, case: Case, loader: str):
+    rows, _ = captions_measured
+    stages = {r.case.name: r.stages for r in rows}[case.name]
+    fail, skip = stages[f"{loader} fail"], stages[f"{loader} skip"]
+    if case.expected(loader) == "ok":  # checked on the images the model gets (to_chat)
+        assert (fail.status, skip.status) == ("ok", "ok"), (fail, skip)
+    else:
+        reason = case.reason_for(loader)
+        assert fail.status == "rejected" and re.search(reason, fail.detail), fail
+        assert fail.names_it, f"the error names neither the uid nor the file: {fail.message}"
+        assert skip.status == "skipped" and re.search(reason, skip.detail), skip
+
+
+@pytest.mark.parametrize("loader", CAPTION_LOADERS)
+def test_the_caption_loaders_drop_nothing_silently(captions_measured, loader):
+    _, counts = captions_measured
+    rejected = [c for c in IMAGE_CASES if c.expected(loader) == "reject"]
+    rows_per_image = 2 if loader == "coco" else 1  # COCO: a row per caption
+    assert counts[loader]["skipped"] == rows_per_image * len(rejected)
+    assert counts[loader]["kept"] + counts[loader]["skipped"] == counts[loader]["written"]
+
+
+def test_train_vlm_skips_and_counts_bad_images(tiny_composed_vlm, tmp_path):
+    from reliability_corpus import write_caption_corpus
+    from test_interruption import run_train_vlm
+
+    corpus = write_caption_corpus(tmp_path / "data", [BY_NAME["png"], BY_NAME["zero_byte"], BY_NAME["one_by_one"]])
+    data = str(corpus.data_file("coco"))
+    coco = ["--dataset_source", "coco", "--data_file", data, "--eval_data_file", data, "--image_folder"]
+    out = tmp_path / "run"
+    run_train_vlm(tiny_composed_vlm, out, *coco, str(corpus.images), "--bad_examples", "skip", "--max_steps", "1")
+    summary = json.loads((out / "summary.json").read_text())["data"]
+    assert (summary["train_rows"], summary["skipped_train_rows"]) == (4, 2)  # two captions per image
+    assert (summary["eval_rows"], summary["skipped_eval_rows"], summary["bad_examples"]) == (2, 1, "skip")
+    skipped = json.loads((out / "run_record.json").read_text())["skipped"]
+    assert [e["uid"] for e in skipped["train"]["examples"]] == corpus.uids["coco"]["zero_byte"]
+    assert skipped["eval"]["examples"][0]["reason"].startswith("unreadable or corrupt image")
 
 
 # ---- hub rows (an in-memory mirror stands in for the hub) ---------------------------------------------------------

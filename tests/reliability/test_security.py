@@ -3,6 +3,7 @@ uids that cannot leave their folder, and no token in a run record, a checkpoint 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from evals.evaluate import EvalArguments, load_for_eval
 from training import models
 from training.models import LabModelArguments, ModelNotAvailableError, load_model, load_processor
 from training.run_record import write_run_record
+from utils import file_names
 from vlm_datasets import hub
 from vlm_datasets.config import DataArguments
 from vlm_datasets.prompts import get_template
@@ -112,11 +114,71 @@ def _project_sources():
         yield from sorted((REPO / folder).rglob("*.py"))
 
 
+# from_pretrained receivers that load no weights (tokenizers, processors, configs), and PEFT's adapter loader, which
+# reads adapter_model.safetensors or an adapter_model.bin with torch.load(weights_only=True) (test above).
+_NO_WEIGHTS = re.compile(r"(Tokenizer(Fast)?|Processor|Config|FeatureExtractor)$|^PeftModel$")
+
+
+def _kwargs_dicts(function: ast.AST) -> dict[str, set[str]]:
+    """name -> keywords set to True, for `name = dict(k=True, ...)` assignments in a function."""
+    out: dict[str, set[str]] = {}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "dict":
+            true = {k.arg for k in node.value.keywords if isinstance(k.value, ast.Constant) and k.value.value is True}
+            out |= {t.id: true for t in node.targets if isinstance(t, ast.Name)}
+    return out
+
+
+def unsafe_model_loads(source: str) -> list[str]:
+    """Model from_pretrained calls without use_safetensors=True (given directly, or in the **dict it is called with)."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+            continue
+        if call.func.attr != "from_pretrained" or _NO_WEIGHTS.search(ast.unparse(call.func.value)):
+            continue
+        direct = {k.arg for k in call.keywords if isinstance(k.value, ast.Constant) and k.value.value is True}
+        function = call
+        while function in parents and not isinstance(function, ast.FunctionDef | ast.Module):
+            function = parents[function]
+        dicts = _kwargs_dicts(function)
+        spread = {
+            a
+            for k in call.keywords
+            if k.arg is None and isinstance(k.value, ast.Name)
+            for a in dicts.get(k.value.id, ())
+        }
+        if "use_safetensors" not in direct | spread:
+            found.append(f"line {call.lineno}: {ast.unparse(call)}")
+    return found
+
+
+def test_the_weights_check_sees_every_form_of_model_load():
+    source = """
+def load(path, kwargs_in):
+    AutoTokenizer.from_pretrained(path)
+    AutoProcessor.from_pretrained(path)
+    AutoConfig.from_pretrained(path)
+    PeftModel.from_pretrained(model, path)
+    AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    kwargs = dict(dtype=None, use_safetensors=True)
+    AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    MODEL_MAPPING[type(config)].from_pretrained(path)
+    AutoModelForCausalLM.from_pretrained(path, use_safetensors=False)
+    AutoModel.from_pretrained(path, **kwargs_in)
+"""
+    assert [p.split(":")[0] for p in unsafe_model_loads(source)] == ["line 10", "line 11", "line 12"]
+
+
 def test_no_unsafe_loading_in_the_project_code():
-    """Every torch.load names weights_only=True; no pickle.load, no trust_remote_code=True, no use_safetensors=False."""
+    """Every torch.load names weights_only=True; every model from_pretrained use_safetensors=True; no pickle.load, no
+    trust_remote_code=True."""
     problems = []
     for path in _project_sources():
         text = path.read_text(encoding="utf-8")
+        problems += [f"{path.relative_to(REPO)}, {p}" for p in unsafe_model_loads(text)]
         for m in re.finditer(r"torch\.load\(", text):
             call = text[m.start() : text.find(")", m.start()) + 1]
             if "weights_only=True" not in call:
@@ -133,7 +195,6 @@ def test_no_unsafe_loading_in_the_project_code():
 @settings(max_examples=300, deadline=None)
 @given(uid=st.text(min_size=0, max_size=200))
 def test_file_names_from_any_uid_stay_in_their_folder(uid):
-    file_names = pytest.importorskip("utils.file_names")
     base = Path("/srv/gallery/images")
     name = file_names.image_file_name(uid, 0)
     assert "/" not in name and "\\" not in name and "\x00" not in name and name not in (".", "..")
@@ -144,7 +205,6 @@ def test_file_names_from_any_uid_stay_in_their_folder(uid):
 @settings(max_examples=200, deadline=None)
 @given(a=st.text(max_size=40), b=st.text(max_size=40))
 def test_distinct_uids_get_distinct_file_names(a, b):
-    file_names = pytest.importorskip("utils.file_names")
     if a != b:
         assert file_names.safe_stem(a) != file_names.safe_stem(b)
 
@@ -185,6 +245,24 @@ def test_a_hub_token_argument_reaches_no_file_of_the_run(tiny_model_dir, tmp_pat
     assert not leaks, leaks
     assert TOKEN not in caplog.text
     assert os.environ["HF_TOKEN"] == TOKEN and trainer.args.hub_token is None  # the hub still gets it, from env
+
+
+def test_a_hub_token_argument_reaches_no_file_of_a_train_vlm_run(tiny_composed_vlm, tmp_path, monkeypatch, caplog):
+    from test_interruption import run_train_vlm
+
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")  # restored after the test
+    caplog.set_level("INFO")
+    out = tmp_path / "run"
+    extra = ["--max_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--report_to", "tensorboard"]
+    trainer = run_train_vlm(tiny_composed_vlm, out, *extra, "--hub_token", TOKEN)
+    root = Path(os.environ["VLM_STUDIES_ROOT"])
+    files = [p for folder in (out, root) for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any("tfevents" in p.name for p in files)
+    assert {"summary.json", "run_record.json"} <= {p.name for p in files}
+    leaks = [str(p) for p in files if TOKEN.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert TOKEN not in caplog.text
+    assert os.environ["HF_TOKEN"] == TOKEN and trainer.args.hub_token is None
 
 
 @pytest.mark.parametrize("split", ["../escape", "a/b", "..", ".hidden", ""])

@@ -12,6 +12,7 @@ from vlm_datasets.captions import (
     CAPTION_PROMPT,
     CaptionDataArguments,
     CaptionSourceUnreachableError,
+    caption_skip_report,
     load_caption_split,
     synthetic_rows,
     to_chat,
@@ -69,8 +70,12 @@ def test_coco_layout(tmp_path):
     assert evaluation["uid"] == ["coco-1", "coco-2"]  # one row per image, every caption a reference
     assert evaluation[0]["references"] == ["A red square.", "Something red."]
     (tmp_path / "img" / "b.jpg").unlink()
-    with pytest.raises(DataError, match="b.jpg not found"):
+    with pytest.raises(DataError, match=r"uid coco-2-0, image .*b\.jpg: image file not found"):
         load_caption_split(args, train=True)
+    args.bad_examples = "skip"  # the image's rows are dropped and counted, each named
+    assert load_caption_split(args, train=True)["uid"] == ["coco-1-0", "coco-1-1"]
+    report = caption_skip_report(args, train=True)
+    assert report["count"] == 1 and report["examples"][0]["uid"] == "coco-2-0"
 
 
 def test_llava_chat_json(tmp_path, caplog):
@@ -126,6 +131,34 @@ def test_hub_caption_columns_streamed_from_a_local_folder(tmp_path):
     assert [r["answer"] for r in load_caption_split(args, train=False)] == ["red."]
     train = list(load_caption_split(args, train=True))
     assert [r["answer"] for r in train] == ["blue."] and train[0]["uid"].endswith(":validation:1-0")
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "downloaded"])
+def test_hub_rows_with_a_bad_image_fail_or_are_skipped_and_counted(tmp_path, streaming):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    good = {"bytes": _png_bytes("red"), "path": None}
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    data = {"image": [good, {"bytes": b"not an image", "path": None}, good], "caption": ["a", "b", "c"]}
+    datasets.Dataset.from_dict(data, features=features).to_parquet(str(folder / "validation.parquet"))
+    args = CaptionDataArguments(
+        dataset_source="hub", dataset_name=str(folder), dataset_eval_split="validation", dataset_streaming=streaming
+    )
+    with pytest.raises(DataError, match=r"uid .*:validation:1-0, image 0: unreadable or corrupt image"):
+        list(load_caption_split(args, train=False))
+    args.bad_examples = "skip"
+    rows = list(load_caption_split(args, train=False))
+    assert [r["answer"] for r in rows] == ["a", "c"] and rows[0]["images"][0].mode == "RGB"
+    report = caption_skip_report(args, train=False)
+    assert report["count"] == 1 and report["examples"][0]["reason"].startswith("unreadable or corrupt image")
+
+
+def _png_bytes(color) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), color).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_hub_offline_is_a_clear_error(monkeypatch):
