@@ -42,9 +42,10 @@ from evals.language import (
     unigram_counts,
     unigram_perplexity,
 )
+from training.callbacks import resume_checkpoint
 from training.gpt2 import LMModelArguments, build_model, load_tokenizer
 from training.packing import tokenize_and_pack
-from training.run_record import config_dict, library_versions, write_json_atomic
+from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
 from vlm_datasets.text import TextDataArguments, load_texts, text_manifest
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
     start = time.time()
     set_seed(training_args.seed)
     out = Path(training_args.output_dir)
+    token_to_environment(training_args)  # a --hub_token is never pickled into training_args.bin
     resume = _resume_arg(training_args.resume_from_checkpoint)
     is_main = training_args.process_index == 0
     if data_args.block_size > model_args.n_positions:
@@ -178,7 +180,8 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
             },
         )
 
-    trainer.train(resume_from_checkpoint=resume)
+    # true/last -> the newest *complete* checkpoint-N (a half-written one is set aside), not transformers' newest
+    trainer.train(resume_from_checkpoint=resume_checkpoint(resume, training_args.output_dir, is_main))
     # The Trainer evaluates at the last step when eval_strategy is "steps"; otherwise (or when resuming a finished
     # run) evaluate now.
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]

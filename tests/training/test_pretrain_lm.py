@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -256,6 +257,30 @@ def test_resume_continues_global_step(tmp_path, isolated_artifacts):
 
     again = run_lm(out, *quiet, "--max_steps", "5", "--resume_from_checkpoint", str(out / "checkpoint-4"))  # a PATH
     assert again.state.global_step == 5
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path, isolated_artifacts):
+    quiet = ["--eval_strategy", "no", "--report_to", "none", "--max_steps", "4", "--save_steps", "2"]
+    out = tmp_path / "run"
+    run_lm(out, *quiet, "--max_steps", "2")
+    torn = out / "checkpoint-3"  # a save killed half-way: weights written, no trainer_state.json
+    shutil.copytree(out / "checkpoint-2", torn)
+    (torn / "trainer_state.json").unlink()
+    resumed = run_lm(out, *quiet, "--resume_from_checkpoint", "true")
+    steps = [e["step"] for e in resumed.state.log_history if "loss" in e]
+    assert steps == [1, 2, 3, 4] and resumed.state.global_step == 4  # checkpoint-2's history, then steps 3 and 4
+    assert not torn.exists() and (out / "checkpoint-3.incomplete").exists()  # set aside, not deleted
+
+
+def test_a_hub_token_argument_reaches_no_file_of_the_run(tmp_path, isolated_artifacts, monkeypatch):
+    token = "hf_" + "pretrainLeakCheck0123456789"
+    monkeypatch.setenv("HF_TOKEN", "hf_placeholder")  # restored after the test
+    out = tmp_path / "run"
+    trainer = run_lm(out, "--max_steps", "2", "--save_steps", "2", "--eval_strategy", "no", "--hub_token", token)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in files) and any(p.name == "run_record.json" for p in files)
+    assert not [str(p) for p in files if token.encode() in p.read_bytes()]
+    assert os.environ["HF_TOKEN"] == token and trainer.args.hub_token is None  # the hub still gets it, from env
 
 
 def test_resume_false_or_none_means_no_resume():
