@@ -46,6 +46,13 @@ class BuildArguments:
     steps: int = field(default=700, metadata={"help": "Stage 2 steps: whole model on count/QA tasks."})
     batch_size: int = field(default=32, metadata={"help": "Stage 2 examples per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Stage 2 learning rate (constant after warmup)."})
+    label_images: bool = field(
+        default=True,
+        metadata={
+            "help": "Stage 2 prompts put 'Left image:' / 'Right image:' before each image (the embedded "
+            "configs' template nlvr2_labeled_images does the same)."
+        },
+    )
     force: bool = field(default=False, metadata={"help": "Rebuild even if output_dir holds a matching build."})
 
     def settings(self) -> dict:
@@ -79,6 +86,7 @@ def main(args: BuildArguments) -> Path:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        label_images=args.label_images,
     )
     stats = {}
     tmp = out.with_name(out.name + ".building")
@@ -88,7 +96,7 @@ def main(args: BuildArguments) -> Path:
     if args.steps:
         stats["language_model"] = train_language_model(model, processor, pretrain, synth, tmp / "trainer")
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-    stats["held_out_task_accuracy"] = pretraining_accuracy(model, processor, synth)
+    stats["held_out_task_accuracy"] = pretraining_accuracy(model, processor, synth, label_images=args.label_images)
     logger.info("held-out accuracy on the pretraining tasks: %s", stats["held_out_task_accuracy"])
     model.save_pretrained(tmp)  # safetensors
     processor.save_pretrained(tmp)

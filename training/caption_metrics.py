@@ -2,8 +2,8 @@
 
 A small implementation of the published definitions, written to give the numbers of the coco-caption scorers
 (pycocoevalcap 1.2: bleu/bleu_scorer.py, cider/cider_scorer.py, rouge/rouge.py), which tests/training/
-test_caption_metrics.py checks against pycocoevalcap when it is installed. pycocoevalcap is in the package store
-but is 100 MB (Java jars for its PTB tokenizer, METEOR and SPICE); these three scorers need none of that.
+test_caption_metrics.py checks against pycocoevalcap (a test requirement). It is not a runtime dependency: it is
+100 MB (Java jars for its PTB tokenizer, METEOR and SPICE); these three scorers need none of that.
 - BLEU (Papineni et al. 2002): corpus-level, clipped n-gram precisions n=1..4, geometric mean, brevity penalty
   against the reference length closest to each candidate's (coco-caption's "closest"); no smoothing.
 - CIDEr-D (Vedantam et al. 2015, as coco-caption implements it): TF-IDF n-gram vectors (n=1..4, document

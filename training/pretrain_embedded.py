@@ -2,8 +2,9 @@
 
 Stage 1 trains the vision tower alone: every merged vision token (one 28-px grid cell) classifies the colour, shape
 and size of the object in its cell through a linear probe that is thrown away afterwards.
-Stage 2 trains the whole model (TRL's SFTTrainer) on questions about one of the two images: descriptions,
-counts, yes/no existence and single-image existence statements (`vlm_datasets.synthetic.pretraining_rows`).
+Stage 2 trains the whole model (TRL's SFTTrainer, through training/trainer.py's LabSFTTrainer) on questions about
+one of the two images: descriptions, counts, yes/no existence and single-image existence statements
+(`vlm_datasets.synthetic.pretraining_rows`), each image after its label ("Left image:", "Right image:").
 The NLVR-style task the demo fine-tunes on (two-image statements across eight categories) is not among them.
 """
 
@@ -17,9 +18,10 @@ import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig
 
 from training.collators import PromptCompletionCollator
+from training.trainer import LabSFTTrainer
 from vlm_datasets.prompts import user_message
 from vlm_datasets.synthetic import (
     COLORS,
@@ -44,6 +46,7 @@ class PretrainSettings:
     learning_rate: float = 1e-3
     warmup_steps: int = 30
     seed: int = 0
+    label_images: bool = True  # "Left image:" / "Right image:" before each image, as the nlvr2_labeled_images template
 
 
 def _cell_targets(scenes, grid: int) -> torch.Tensor:
@@ -104,20 +107,22 @@ def train_vision_tower(model, processor, settings: PretrainSettings, synth: Synt
     return stats
 
 
-def _conversation(row: dict) -> dict:
+def _conversation(row: dict, label_images: bool = True) -> dict:
     return {
         "images": row["images"],
-        "prompt": [user_message(len(row["images"]), row["question"])],
+        "prompt": [user_message(len(row["images"]), row["question"], label_images=label_images)],
         "completion": [{"role": "assistant", "content": [{"type": "text", "text": row["answer"]}]}],
     }
 
 
-def pretraining_dataset(num_rows: int, seed: int, synth: SyntheticConfig) -> datasets.IterableDataset:
+def pretraining_dataset(
+    num_rows: int, seed: int, synth: SyntheticConfig, label_images: bool = True
+) -> datasets.IterableDataset:
     """Conversation rows of the stage-2 tasks, generated lazily (deterministic by seed)."""
 
     def gen():
         for row in pretraining_rows(num_rows, seed, synth):
-            yield _conversation(row)
+            yield _conversation(row, label_images)
 
     return datasets.IterableDataset.from_generator(gen)
 
@@ -144,8 +149,8 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
-    dataset = pretraining_dataset(settings.steps * settings.batch_size, settings.seed, synth)
-    trainer = SFTTrainer(
+    dataset = pretraining_dataset(settings.steps * settings.batch_size, settings.seed, synth, settings.label_images)
+    trainer = LabSFTTrainer(  # TRL's SFTTrainer; only labelled positions through the LM head on the CPU too
         model=model,
         args=args,
         train_dataset=dataset,
@@ -157,7 +162,9 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
 
 
 @torch.inference_mode()
-def pretraining_accuracy(model, processor, synth: SyntheticConfig, num_rows: int = 256, seed: int = 12345) -> dict:
+def pretraining_accuracy(
+    model, processor, synth: SyntheticConfig, num_rows: int = 256, seed: int = 12345, label_images: bool = True
+) -> dict:
     """Held-out exact-match accuracy per pretraining task (teacher-forced: every answer token argmax-correct)."""
     rows = list(pretraining_rows(num_rows, seed, synth))
     collate = PromptCompletionCollator(processor)
@@ -166,7 +173,7 @@ def pretraining_accuracy(model, processor, synth: SyntheticConfig, num_rows: int
     model.eval()
     for start in range(0, len(rows), 64):
         chunk = rows[start : start + 64]
-        batch = collate([_conversation(r) for r in chunk])
+        batch = collate([_conversation(r, label_images) for r in chunk])
         pred = model(**batch).logits[:, :-1].argmax(-1)  # [B, T-1], predicts position t+1
         target = batch["labels"][:, 1:]
         for i, row in enumerate(chunk):

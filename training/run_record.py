@@ -96,6 +96,8 @@ def write_run_record(
             "name": template.name,
             "text": template.text,
             "answers": list(template.answers),
+            "images_first": template.images_first,
+            "label_images": template.label_images,
         },
         "dataset": _jsonable(dataset_manifest),
         "config": config_dict(*args_objects),

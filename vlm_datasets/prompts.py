@@ -17,6 +17,7 @@ class PromptTemplate:
     text: str  # the user turn's text; "{sentence}" marks the statement
     answers: tuple[str, str] = ("True", "False")  # (answer when label is True, answer when False)
     images_first: bool = True  # Qwen2-VL's usual layout; False puts the text before the images
+    label_images: bool = False  # a text label before each image: "Left image:" / "Right image:" (see image_label)
 
     def user_text(self, sentence: str) -> str:
         return self.text.replace("{sentence}", sentence)
@@ -32,6 +33,11 @@ TEMPLATES = {
             "nlvr2_true_false", "{sentence}\nIs the statement true or false about the two images? Answer True or False."
         ),
         PromptTemplate("nlvr2_short", "{sentence}\nTrue or False?"),
+        PromptTemplate(
+            "nlvr2_labeled_images",
+            "{sentence}\nIs the statement true or false about the two images? Answer True or False.",
+            label_images=True,
+        ),
         PromptTemplate("true_or_false_first", "True or false: {sentence}"),
         PromptTemplate("statement_then_images", "Statement: {sentence}\nTrue or false?", images_first=False),
         PromptTemplate(
@@ -47,8 +53,21 @@ def get_template(name: str) -> PromptTemplate:
     return TEMPLATES[name]
 
 
-def user_message(num_images: int, text: str, images_first: bool = True) -> dict[str, Any]:
-    images, words = [{"type": "image"}] * num_images, [{"type": "text", "text": text}]
+def image_label(index: int, num_images: int) -> str:
+    """NLVR2's names for a pair ("Left image:", "Right image:"), else "Image 1:", "Image 2:", ..."""
+    if num_images == 2:
+        return ("Left image:", "Right image:")[index]
+    return f"Image {index + 1}:"
+
+
+def user_message(num_images: int, text: str, images_first: bool = True, label_images: bool = False) -> dict[str, Any]:
+    """The user turn: the images (each after its label when label_images) and the text, in the template's order."""
+    images = []
+    for i in range(num_images):
+        if label_images:
+            images.append({"type": "text", "text": image_label(i, num_images)})
+        images.append({"type": "image"})
+    words = [{"type": "text", "text": text}]
     return {"role": "user", "content": images + words if images_first else words + images}
 
 
@@ -57,7 +76,11 @@ def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any
     row = {
         "uid": example.uid,
         "images": example.images,
-        "prompt": [user_message(len(example.images), template.user_text(example.sentence), template.images_first)],
+        "prompt": [
+            user_message(
+                len(example.images), template.user_text(example.sentence), template.images_first, template.label_images
+            )
+        ],
     }
     if example.label is not None:
         answer = template.answer(example.label)

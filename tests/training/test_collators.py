@@ -9,7 +9,7 @@ from training.collators import IGNORE_INDEX, ExampleCollator, PromptCompletionCo
 from training.models import load_processor
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example
-from vlm_datasets.prompts import TEMPLATES, get_template
+from vlm_datasets.prompts import TEMPLATES, get_template, to_conversation
 from vlm_datasets.synthetic import generate
 
 
@@ -80,3 +80,21 @@ def test_prompt_completion_collator_accepts_conversation_rows(processor):
     batch = PromptCompletionCollator(processor)([row])
     kept = batch["labels"][0] != IGNORE_INDEX
     assert processor.tokenizer.decode(batch["input_ids"][0][kept]) == "blue<|im_end|>"
+
+
+def test_labeled_images_template_names_each_image_before_it(processor):
+    ex = next(generate("dev", 1, seed=3))
+    row = to_conversation(ex, get_template("nlvr2_labeled_images"))
+    content = row["prompt"][0]["content"]
+    assert [c["type"] for c in content] == ["text", "image", "text", "image", "text"]
+    assert [content[0]["text"], content[2]["text"]] == ["Left image:", "Right image:"]
+    prompt = processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    left, right = prompt.index("Left image:"), prompt.index("Right image:")
+    vision = [i for i in range(len(prompt)) if prompt.startswith("<|vision_start|>", i)]
+    assert len(vision) == 2 and left < vision[0] < right < vision[1] < prompt.index(ex.sentence)
+    three = to_conversation(Example("u-0", [ex.images[0]] * 3, "s", True), get_template("nlvr2_labeled_images"))
+    assert [c["text"] for c in three["prompt"][0]["content"][:-1] if c["type"] == "text"] == [
+        "Image 1:",
+        "Image 2:",
+        "Image 3:",
+    ]
