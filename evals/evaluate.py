@@ -272,6 +272,12 @@ def run_evaluation(
         if ex.uid in seen:
             raise ValueError(f"uid {ex.uid}: appears twice in split {split!r}; predictions are keyed by uid")
         seen.add(ex.uid)
+    own = sorted({ex.meta.get("prompt_template") for ex in examples} - {None, template.name})
+    if own:  # scoring compares the answers of ONE template (train_instructions: multi shapes training splits only)
+        raise ValueError(
+            f"split {split!r}: examples carry their own prompt templates ({', '.join(own[:5])}); evaluation scores "
+            f"every example with prompt_template {template.name!r}: evaluate a split without them"
+        )
 
     out_dir = Path(eval_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,12 @@ def cache_settings(args: DataArguments) -> dict[str, Any]:
             "synthetic_eval_size": args.synthetic_eval_size,
             "dataset_train_split": args.dataset_train_split,  # the split that gets synthetic_train_size
         }
+        # The ablation knobs shape the generated training split; named only when set, so caches built without them
+        # keep their settings.
+        if args.train_image_pairs is not None:
+            settings["train_image_pairs"] = args.train_image_pairs
+        if args.train_instructions != "single":
+            settings |= {"train_instructions": args.train_instructions, "prompt_template": args.prompt_template}
     if args.dataset_source != "synthetic" and args.bad_examples != "fail":
         settings["bad_examples"] = args.bad_examples  # a cache that left bad examples out is no fail-fast cache
     return json.loads(json.dumps(settings))  # as the manifest stores it (tuples -> lists, ...)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 SOURCES = ("hub", "nlvr2", "jsonl", "synthetic")
 BAD_EXAMPLE_POLICIES = ("fail", "skip")  # vlm_datasets.bad_examples
+INSTRUCTION_MODES = ("single", "multi")  # train_instructions
 
 
 @dataclass
@@ -58,6 +59,25 @@ class DataArguments:
     synthetic_grid: int = field(
         default=2, metadata={"help": "Synthetic source: cells per image side (28 px each, one vision token)."}
     )
+    train_image_pairs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Training split only: distinct image pairs at a fixed total of examples (synthetic_train_size, or "
+            "max_train_examples for the other sources), so each pair carries total / train_image_pairs statements "
+            "(Q/A pairs). Synthetic: generated so, labels balanced; other sources: selected by NLVR2 identifier (an "
+            "image pair is split-set_id-pair_id) from a split that is not streamed. None: the source as it is "
+            "(synthetic: every example its own pair, each sentence judged on 4 pairs)."
+        },
+    )
+    train_instructions: str = field(
+        default="single",
+        metadata={
+            "help": "Training split only. single: every example in prompt_template. multi: each example in a template "
+            "of a task format drawn at random (vlm_datasets.prompts.instruction_pool: prompt_template and paraphrased "
+            "True/False, yes/no; synthetic also which-image and counting tasks). Evaluation uses prompt_template.",
+            "choices": list(INSTRUCTION_MODES),
+        },
+    )
     bad_examples: str = field(
         default="fail",
         metadata={
@@ -101,6 +121,12 @@ class DataArguments:
             raise ValueError(f"dataset_source {self.dataset_source!r} unknown; choose one of {list(SOURCES)}")
         if self.bad_examples not in BAD_EXAMPLE_POLICIES:
             raise ValueError(f"bad_examples {self.bad_examples!r} unknown; choose one of {list(BAD_EXAMPLE_POLICIES)}")
+        if self.train_instructions not in INSTRUCTION_MODES:
+            raise ValueError(
+                f"train_instructions {self.train_instructions!r} unknown; choose one of {list(INSTRUCTION_MODES)}"
+            )
+        if self.train_image_pairs is not None and self.train_image_pairs < 1:
+            raise ValueError(f"train_image_pairs must be at least 1 (or None), got {self.train_image_pairs}")
         if isinstance(self.dataset_column_map, str):
             try:
                 self.dataset_column_map = json.loads(self.dataset_column_map)

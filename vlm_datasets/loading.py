@@ -16,6 +16,7 @@ from vlm_datasets.hub import hub_split
 from vlm_datasets.manifest import jsonl_split
 from vlm_datasets.nlvr2_official import nlvr2_split
 from vlm_datasets.synthetic_source import synthetic_split
+from vlm_datasets.training_mix import shape_training_split
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,12 @@ def cached_split(args: DataArguments, split: str) -> datasets.Dataset:
 def load_split(
     args: DataArguments, split: str, limit: int | None = None
 ) -> datasets.Dataset | datasets.IterableDataset:
-    """Canonical rows of one split (CANONICAL_FEATURES) from the configured source; at most `limit` rows."""
+    """Canonical rows of one split (CANONICAL_FEATURES) from the configured source; at most `limit` rows. The
+    training split gets the ablation knobs (train_image_pairs, train_instructions; the synthetic generator applies
+    them itself)."""
     ds = cached_split(args, split) if args.dataset_cached else source_split(args, split)
+    if split == args.dataset_train_split and args.dataset_source != "synthetic":
+        ds = shape_training_split(args, ds, split)
     if limit is None:
         return ds
     if isinstance(ds, datasets.IterableDataset):

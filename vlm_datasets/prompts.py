@@ -47,10 +47,97 @@ TEMPLATES = {
 }
 
 
+# Instruction-diverse training data (DataArguments.train_instructions: multi): paraphrased True/False and yes/no
+# instructions and two more task formats, each with a bool label and its two answers in the template (which-image:
+# True = the left image). Kept out of TEMPLATES: training/embedded.py trains the embedded tokenizer on TEMPLATES'
+# texts, so a template added there would change the embedded base. get_template resolves both.
+TASK_FORMATS = ("true_false", "yes_no", "which_image", "counting")
+_YES_NO = ("yes", "no")
+_LEFT_RIGHT = ("left", "right")
+INSTRUCTION_FORMATS: dict[str, tuple[PromptTemplate, ...]] = {
+    "true_false": (
+        PromptTemplate(
+            "multi_tf_decide",
+            "Decide if the statement is true or false about the two images.\n{sentence}\nAnswer True or False.",
+            label_images=True,
+        ),
+        PromptTemplate(
+            "multi_tf_statement",
+            "Statement: {sentence}\nIs it true or false about the left and right images? Answer True or False.",
+            label_images=True,
+        ),
+        PromptTemplate("multi_tf_short", "{sentence}\nTrue or False?", label_images=True),
+    ),
+    "yes_no": (
+        PromptTemplate(
+            "multi_yes_no_correct",
+            "{sentence}\nIs the statement correct about the two images? Answer yes or no.",
+            answers=_YES_NO,
+            label_images=True,
+        ),
+        PromptTemplate(
+            "multi_yes_no_describe",
+            "Does this describe the two images: {sentence}\nAnswer yes or no.",
+            answers=_YES_NO,
+            label_images=True,
+        ),
+    ),
+    "which_image": (  # the sentence says that exactly one image holds something
+        PromptTemplate(
+            "multi_which_image",
+            "{sentence}\nWhich image is it? Answer left or right.",
+            answers=_LEFT_RIGHT,
+            label_images=True,
+        ),
+        PromptTemplate(
+            "multi_which_image_side",
+            "{sentence}\nIs it the left image or the right image? Answer left or right.",
+            answers=_LEFT_RIGHT,
+            label_images=True,
+        ),
+    ),
+    "counting": (  # the sentence states an exact count
+        PromptTemplate(
+            "multi_count_yes_no",
+            "Count the objects in the image the statement names.\n{sentence}\nIs the count correct? Answer yes or no.",
+            answers=_YES_NO,
+            label_images=True,
+        ),
+        PromptTemplate(
+            "multi_count_true_false",
+            "{sentence}\nCount the objects, then answer True or False.",
+            label_images=True,
+        ),
+    ),
+}
+INSTRUCTION_TEMPLATES = {t.name: t for group in INSTRUCTION_FORMATS.values() for t in group}
+
+
 def get_template(name: str) -> PromptTemplate:
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
-    return TEMPLATES[name]
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    if name in INSTRUCTION_TEMPLATES:
+        return INSTRUCTION_TEMPLATES[name]
+    raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES | INSTRUCTION_TEMPLATES)}")
+
+
+def instruction_pool(base: str, formats: tuple[str, ...] = TASK_FORMATS) -> dict[str, tuple[str, ...]]:
+    """{task format: template names} drawn from for train_instructions=multi; the run's own template `base` joins the
+    paraphrases of its format (yes_no when its answers are yes/no, else true_false)."""
+    unknown = set(formats) - set(TASK_FORMATS)
+    if unknown:
+        raise ValueError(f"unknown task formats {sorted(unknown)}; known: {list(TASK_FORMATS)}")
+    pool = {f: tuple(t.name for t in INSTRUCTION_FORMATS[f]) for f in formats}
+    own = "yes_no" if get_template(base).answers == _YES_NO else "true_false"
+    if own in pool and base not in pool[own]:
+        pool[own] = (base, *pool[own])
+    return pool
+
+
+def example_template(example: Example, default: PromptTemplate) -> PromptTemplate:
+    """The example's own template (meta["prompt_template"], set by train_instructions=multi), else `default`."""
+    name = example.meta.get("prompt_template")
+    return default if name is None else get_template(name)
 
 
 def image_label(index: int, num_images: int) -> str:
@@ -72,7 +159,10 @@ def user_message(num_images: int, text: str, images_first: bool = True, label_im
 
 
 def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any]:
-    """{"uid", "images", "prompt": [user turn], "completion": [assistant turn]} (no completion when unlabeled)."""
+    """{"uid", "images", "prompt": [user turn], "completion": [assistant turn]} (no completion when unlabeled).
+
+    An example that names its own template (meta["prompt_template"]) is rendered with that one."""
+    template = example_template(example, template)
     row = {
         "uid": example.uid,
         "images": example.images,

@@ -5,6 +5,11 @@ predicate over the image pair whose truth is computed, written once and judged o
 pairs with balanced labels, so uids and consistency groups follow NLVR2 (`split-set_id-pair_id-sentence_id`).
 Categories mirror NLVR2's linguistic phenomena. `pretraining_rows` yields other tasks over the same scenes
 (descriptions, counting, yes/no questions) used to give the embedded base model visual features.
+
+Two knobs for ablations (SyntheticConfig; both off by default, and then the output is unchanged): `image_pairs`
+spreads the examples over that many distinct image pairs, several statements judged on each (Q/A pairs per image
+pair = examples / image_pairs), and `instructions` draws a prompt template per statement from task formats
+(True/False, yes/no, which-image, counting; vlm_datasets.prompts), recorded in meta["prompt_template"].
 """
 
 from __future__ import annotations
@@ -223,6 +228,20 @@ def _coordination(rng, pair):
     return text, lambda p: _count(p[0], c1, s1) > 0 or _count(p[1], c2, s2) > 0
 
 
+def _which_image(rng, pair):
+    """Which-image task: something exactly one image holds. holds() is True when it is the left image, False when the
+    right, None when both or neither hold it (the statement does not apply to that pair)."""
+    s = rng.randrange(2)
+    color, shape = _attrs(rng, pair[s])
+    text = f"Exactly one image contains a {_noun(color, shape, False)}."
+
+    def holds(p):
+        left, right = _count(p[0], color, shape) > 0, _count(p[1], color, shape) > 0
+        return left if left != right else None
+
+    return text, holds
+
+
 _SAMPLERS = dict(
     zip(
         CATEGORIES,
@@ -241,6 +260,14 @@ _SAMPLERS = dict(
 )
 
 
+# Task formats that need statements of their own: (the category recorded, the sampler); the others use the category's.
+_FORMAT_SAMPLERS = {
+    "which_image": ("existential quantifier", _which_image),
+    "counting": ("hard cardinality", _hard_cardinality),
+}
+_TRIES_PER_CHOICE = 50  # image-pair mode: statements drawn for one category (and template) before the next is tried
+
+
 @dataclass
 class SyntheticConfig:
     grid: int = 2
@@ -248,10 +275,35 @@ class SyntheticConfig:
     pairs_per_sentence: int = 4
     categories: tuple[str, ...] = CATEGORIES
     max_tries: int = 2000
+    image_pairs: int | None = None  # distinct image pairs in the split; None: sentence-major, as NLVR2
+    instructions: dict[str, tuple[str, ...]] | None = None  # task format -> template names; None: the run's template
 
 
 def _scene_json(scene: Scene) -> list[dict]:
     return [o.__dict__ for o in scene]
+
+
+def _instruction(rng: random.Random, cfg: SyntheticConfig, category: str):
+    """(template name, task format, category, sampler) of the next statement; no draw without cfg.instructions."""
+    if not cfg.instructions:
+        return None, None, category, _SAMPLERS[category]
+    fmt = rng.choice(list(cfg.instructions))
+    name = rng.choice(cfg.instructions[fmt])
+    category, sampler = _FORMAT_SAMPLERS.get(fmt, (category, _SAMPLERS[category]))
+    return name, fmt, category, sampler
+
+
+def _meta(seed: int, category: str, pair: Pair, images, template: str | None, task_format: str | None) -> dict:
+    meta = {
+        "source": "synthetic",
+        "seed": seed,
+        "category": category,
+        "scenes": [_scene_json(s) for s in pair],
+        "image_sizes": [list(im.size) for im in images],
+    }
+    if template is not None:
+        meta |= {"prompt_template": template, "task_format": task_format}
+    return meta
 
 
 def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig | None = None) -> Iterator[Example]:
@@ -260,12 +312,16 @@ def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig |
     unknown = set(cfg.categories) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown synthetic categories {sorted(unknown)}; known: {list(CATEGORIES)}")
+    if cfg.image_pairs is not None:
+        yield from _generate_by_pair(split, num_examples, seed, cfg)
+        return
     rng = random.Random(f"{seed}-{split}")
     produced, set_id = 0, 0
     while produced < num_examples:
         category = cfg.categories[set_id % len(cfg.categories)]
         first = (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
-        text, holds = _SAMPLERS[category](rng, first)
+        template, task_format, category, sampler = _instruction(rng, cfg, category)
+        text, holds = sampler(rng, first)
         wanted = [True, False] * ((cfg.pairs_per_sentence + 1) // 2)
         wanted = wanted[: cfg.pairs_per_sentence]
         rng.shuffle(wanted)
@@ -293,16 +349,52 @@ def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig |
                 images=images,
                 sentence=text,
                 label=label,
-                meta={
-                    "source": "synthetic",
-                    "seed": seed,
-                    "category": category,
-                    "scenes": [_scene_json(s) for s in pair],
-                    "image_sizes": [list(im.size) for im in images],
-                },
+                meta=_meta(seed, category, pair, images, template, task_format),
             )
             produced += 1
         set_id += 1
+
+
+def _generate_by_pair(split: str, num_examples: int, seed: int, cfg: SyntheticConfig) -> Iterator[Example]:
+    """`cfg.image_pairs` distinct image pairs with the examples spread over them: several distinct statements judged
+    on each pair, labels balanced overall (and within each pair, up to one). uids `syn_{split}-{pair}-0-{statement}`
+    (an image pair is the identifier without its sentence id, as in NLVR2)."""
+    n_pairs = cfg.image_pairs
+    if not 1 <= n_pairs <= num_examples:
+        raise ValueError(f"image_pairs must be between 1 and the number of examples ({num_examples}), got {n_pairs}")
+    rng = random.Random(f"{seed}-{split}-pairs")
+    wanted_all = [i % 2 == 0 for i in range(num_examples)]
+    start = index = 0
+    for pair_id in range(n_pairs):
+        size = num_examples // n_pairs + (pair_id < num_examples % n_pairs)
+        wanted = wanted_all[start : start + size]
+        start += size
+        rng.shuffle(wanted)
+        pair = (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
+        images = [render(scene, cfg.grid, rng) for scene in pair]
+        used = set()
+        for q, want in enumerate(wanted):
+            for attempt in range(cfg.max_tries):
+                if attempt % _TRIES_PER_CHOICE == 0:  # a category (or format) that cannot say it: the next one
+                    category = cfg.categories[(index + attempt // _TRIES_PER_CHOICE) % len(cfg.categories)]
+                    template, task_format, category, sampler = _instruction(rng, cfg, category)
+                text, holds = sampler(rng, pair)
+                if text not in used and holds(pair) == want:
+                    break
+            else:
+                raise ValueError(
+                    f"synthetic image pair {pair_id}: no new statement with label {want} in {cfg.max_tries} tries; "
+                    f"{size} statements per pair is too many for this scene size (use more image pairs)"
+                )
+            used.add(text)
+            yield Example(
+                uid=f"syn_{split}-{pair_id}-0-{q}",
+                images=images,
+                sentence=text,
+                label=want,
+                meta=_meta(seed, category, pair, images, template, task_format),
+            )
+            index += 1
 
 
 # ---- other tasks over the same scenes, for pretraining the embedded base -----------------------------------------

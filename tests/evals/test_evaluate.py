@@ -116,3 +116,23 @@ def test_zero_shot_refuses_an_adapter_and_finetuned_requires_one(tiny_model_dir,
         zero_shot.main(*parse("evals/configs/embedded_zero_shot.yaml", *base, "--adapter_path", str(tmp_path)))
     with pytest.raises(ValueError, match="adapter_path"):
         finetuned.main(*parse("evals/configs/embedded_zero_shot.yaml", *base))
+
+
+def test_examples_with_their_own_templates_are_refused(tiny_model_dir, tmp_path, isolated_artifacts):
+    """train_instructions: multi gives training examples their own templates; scoring compares one template's
+    answers, so evaluating such a split (here: the training split itself) is refused, naming the templates."""
+    args = parse(
+        "evals/configs/embedded_zero_shot.yaml",
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--dataset_eval_split",
+        "train",
+        "--synthetic_train_size",
+        "16",
+        "--train_instructions",
+        "multi",
+    )
+    with pytest.raises(ValueError, match="carry their own prompt templates.*multi_"):
+        zero_shot.main(*args)

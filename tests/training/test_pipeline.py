@@ -73,3 +73,25 @@ def test_a_changed_pixel_budget_is_caught_per_batch(tiny_model_dir, processor, i
     smaller = load_processor(str(tiny_model_dir), max_pixels=56 * 56)
     with pytest.raises(DataError, match="image tokens in the ids differ"):
         TokenizedCollator(smaller)(rows)
+
+
+def test_examples_with_their_own_templates_train_on_their_answers(processor, isolated_artifacts):
+    """train_instructions: multi data: each example rendered with its own template (meta["prompt_template"]), in
+    the tokenize-once pipeline exactly as in the per-batch collator; the labels hold that template's answer."""
+    from vlm_datasets.prompts import instruction_pool
+    from vlm_datasets.synthetic import SyntheticConfig
+
+    pool = instruction_pool("nlvr2_labeled_images")
+    examples = list(generate("train", 24, seed=0, config=SyntheticConfig(instructions=pool)))
+    assert {x.meta["task_format"] for x in examples} == set(pool)
+    run_template = get_template("nlvr2_labeled_images")
+    ds = examples_to_dataset(examples)
+    batch = TokenizedCollator(processor, max_length=512)(list(tokenize_split(ds, processor, run_template)))
+    expected = ExampleCollator(processor, run_template, max_length=512)(list(ds))
+    for key in expected:
+        assert torch.equal(batch[key], expected[key]), key
+    tok = processor.tokenizer
+    for i, ex in enumerate(examples):
+        answer = get_template(ex.meta["prompt_template"]).answer(ex.label)
+        labelled = batch["labels"][i][batch["labels"][i] != -100]
+        assert tok.decode(labelled).startswith(answer), (ex.meta["prompt_template"], tok.decode(labelled))

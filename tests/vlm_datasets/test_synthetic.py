@@ -1,13 +1,22 @@
-"""The synthetic NLVR-style generator: deterministic, balanced, NLVR2-shaped uids, every category, truthful labels."""
+"""The synthetic NLVR-style generator: deterministic, balanced, NLVR2-shaped uids, every category, truthful labels;
+the ablation knobs (image pairs, instructions) and a default output they leave unchanged."""
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+import json
+from collections import Counter, defaultdict
 
 import numpy as np
+import pytest
 
+from vlm_datasets.config import DataArguments
+from vlm_datasets.example import row_to_example
 from vlm_datasets.labels import parse_identifier
+from vlm_datasets.prompts import TASK_FORMATS, get_template, instruction_pool, to_conversation
 from vlm_datasets.synthetic import CATEGORIES, Obj, SyntheticConfig, _count, count_table, generate, pretraining_rows
+from vlm_datasets.synthetic_source import synthetic_config, synthetic_split
+from vlm_datasets.training_mix import image_pair_key
 
 
 def test_deterministic_by_seed_and_split():
@@ -66,3 +75,82 @@ def test_pretraining_rows_are_other_tasks():
     assert set(kinds) == {"Count", "Describe", "Is", "True"}
     scene = (Obj(0, 0, "red", "circle", "small"), Obj(1, 1, "red", "square", "large"))
     assert count_table(scene, "color") == "red two, green zero, blue zero, yellow zero."
+
+
+# ---- the ablation knobs: image pairs at a fixed total, instruction diversity; off by default ----------------------
+
+# sha256 of (uid, sentence, label, meta) of generate("train", 48, 0) then generate("test", 16, 1), as generated before
+# the knobs existed: the default output must not change (pixels are covered by test_deterministic_by_seed_and_split).
+DEFAULT_DIGEST = "0cd4052004de821db89f0e3a49ab90529c59cd6728431a62eef7f5bd459b8f68"
+
+
+def _digest(*runs) -> str:
+    h = hashlib.sha256()
+    for examples in runs:
+        for ex in examples:
+            h.update(json.dumps([ex.uid, ex.sentence, ex.label, ex.meta], sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def test_default_output_is_unchanged_by_the_knobs():
+    assert _digest(generate("train", 48, 0), generate("test", 16, 1)) == DEFAULT_DIGEST
+    explicit = SyntheticConfig(image_pairs=None, instructions=None)
+    assert _digest(generate("train", 48, 0, explicit), generate("test", 16, 1, explicit)) == DEFAULT_DIGEST
+    args = DataArguments()  # the knobs' defaults give the generator's own settings
+    assert synthetic_config(args, "train") == SyntheticConfig(grid=args.synthetic_grid)
+
+
+def test_image_pairs_spread_a_fixed_total_over_distinct_pairs():
+    examples = list(generate("train", 96, seed=0, config=SyntheticConfig(image_pairs=12)))
+    assert len(examples) == 96 and len({x.uid for x in examples}) == 96
+    assert Counter(x.label for x in examples) == {True: 48, False: 48}
+    pairs = defaultdict(list)
+    for x in examples:
+        pairs[image_pair_key(x.uid)].append(x)
+    assert len(pairs) == 12 and {len(v) for v in pairs.values()} == {8}  # 96 / 12 statements per image pair
+    scenes = set()
+    for members in pairs.values():
+        assert len({x.sentence for x in members}) == 8  # several different statements judged on the same pair
+        assert Counter(x.label for x in members) == {True: 4, False: 4}
+        assert len({json.dumps(x.meta["scenes"]) for x in members}) == 1
+        first = [np.array(im) for im in members[0].images]
+        assert all(np.array_equal(a, np.array(b)) for x in members for a, b in zip(first, x.images, strict=True))
+        scenes.add(json.dumps(members[0].meta["scenes"]))
+    assert len(scenes) == 12
+    uneven = Counter(image_pair_key(x.uid) for x in generate("dev", 10, 0, SyntheticConfig(image_pairs=4)))
+    assert sorted(uneven.values()) == [2, 2, 3, 3]
+    with pytest.raises(ValueError, match="image_pairs"):
+        list(generate("dev", 4, 0, SyntheticConfig(image_pairs=5)))
+
+
+def test_multi_instructions_draw_templates_and_task_formats():
+    pool = instruction_pool("nlvr2_labeled_images")
+    examples = list(generate("train", 200, seed=0, config=SyntheticConfig(instructions=pool)))
+    assert Counter(x.label for x in examples) == {True: 100, False: 100}
+    assert {x.meta["task_format"] for x in examples} == set(TASK_FORMATS)
+    for x in examples:
+        assert x.meta["prompt_template"] in pool[x.meta["task_format"]]
+    which = [x for x in examples if x.meta["task_format"] == "which_image"]
+    for x in which:  # "Exactly one image contains a red circle.": True = the left one holds it, the right does not
+        noun = x.sentence.removeprefix("Exactly one image contains a ").rstrip(".").split()
+        color = next((w for w in noun if w in ("red", "green", "blue", "yellow")), None)
+        shape = next((w for w in noun if w in ("circle", "square", "triangle")), None)
+        left, right = (_count(tuple(Obj(**o) for o in s), color, shape) > 0 for s in x.meta["scenes"])
+        assert left != right and left == x.label, x.sentence
+    row = to_conversation(which[0], get_template("nlvr2_labeled_images"))  # rendered with the example's own template
+    assert row["completion"][0]["content"][0]["text"] == ("left" if which[0].label else "right")
+    assert "Answer left or right." in row["prompt"][0]["content"][-1]["text"]
+
+
+def test_data_arguments_shape_the_training_split_only():
+    args = DataArguments(
+        synthetic_train_size=32, synthetic_eval_size=8, train_image_pairs=4, train_instructions="multi"
+    )
+    train = [row_to_example(r) for r in synthetic_split(args, "train")]
+    assert len({image_pair_key(x.uid) for x in train}) == 4 and all("prompt_template" in x.meta for x in train)
+    test = [row_to_example(r) for r in synthetic_split(args, "test")]  # the standard held-out split, unchanged
+    assert [(x.uid, x.sentence, x.label, x.meta) for x in test] == [
+        (x.uid, x.sentence, x.label, x.meta) for x in generate("test", 8, 0)
+    ]
+    with pytest.raises(ValueError, match="train_instructions"):
+        DataArguments(train_instructions="many")
