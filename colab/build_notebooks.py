@@ -141,7 +141,7 @@ metrics = finetuned.main(*eval_parser().parse_args_and_config(eval_args))
 print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n']} examples -> {EVAL_DIR}")"""
 
 PLOT = """\
-# TensorBoard scalars -> PNGs (loss, learning rate, grad norm, accuracy) and a table of final values
+# TensorBoard scalars -> PNGs (loss, learning rate, grad norm, token accuracy) and a table of final values
 from IPython.display import Image, Markdown, display
 
 from scripts import plot_run

@@ -94,6 +94,8 @@ def main(
     split: Annotated[str | None, Opt(help="Split for uids (default: the config's dataset_eval_split).")] = None,
     dataset_source: Annotated[str | None, Opt(help="Override: hub, nlvr2, jsonl or synthetic.")] = None,
     dataset_path: Annotated[str | None, Opt(help="Override: nlvr2 folder or jsonl manifest.")] = None,
+    synthetic_eval_size: Annotated[int | None, Opt(help="Override: synthetic examples per split.")] = None,
+    synthetic_seed: Annotated[int | None, Opt(help="Override: synthetic generator seed.")] = None,
     model: Annotated[str | None, Opt(help="Base model folder or hub id (default: the embedded model).")] = None,
     adapter: Annotated[str | None, Opt(help="PEFT adapter folder (a training run) on the base model.")] = None,
     dtype: Annotated[str | None, Opt(help="float32, bfloat16, auto (default: the config's, else float32).")] = None,
@@ -125,6 +127,8 @@ def main(
         uid_cache=uid_cache,
         dataset_source=dataset_source,
         dataset_path=dataset_path,
+        synthetic_eval_size=synthetic_eval_size,
+        synthetic_seed=synthetic_seed,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
     )

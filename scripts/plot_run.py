@@ -6,10 +6,19 @@ python scripts/plot_run.py artifacts/checkpoints/embedded-lora
 # A run name (-> <artifact root>/logs/<name>) or an event folder; every other scalar too; elsewhere
 python scripts/plot_run.py embedded-lora --all --out /tmp/plots
 
-Writes <out>/<group>.png for each group that has data (loss: train and eval; learning_rate; grad_norm; accuracy:
-eval accuracy and train/eval mean_token_accuracy), <out>/summary.png (all groups), <out>/summary.md (the final,
-min and max of every scalar); prints the table and the folder. Default out: <run>/plots. A resumed run's event files
-are merged: a step logged twice keeps its latest value.
+Writes <out>/<group>.png for each group that has data (loss: train and eval; learning_rate; grad_norm;
+mean_token_accuracy: train and eval), <out>/summary.png (all groups), <out>/summary.md (the final, min and max of
+every scalar); prints the table and the folder. A resumed run's event files are merged: a step logged twice keeps its
+latest value.
+
+mean_token_accuracy is TRL's: the share of answer tokens the model predicts right under teacher forcing. It is not
+the task's accuracy: training/sft.py logs no eval accuracy (the Trainer does not generate or score answers); that
+comes from evals/evaluate.py (metrics.json, report.md in artifacts/evals/<run>/).
+
+Where the plots land (--out overrides):
+- a run folder (output_dir, e.g. artifacts/checkpoints/<run>): <run>/plots;
+- a run name, TensorBoard folder or event file: the folder the events are in, + /plots (artifacts/logs/<run>/plots);
+- colab/Train.ipynb passes --out <root>/analysis/plots/<run>, beside the other analysis on Drive.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ GROUPS = {
     "loss": ("train/loss", "eval/loss"),
     "learning_rate": ("train/learning_rate",),
     "grad_norm": ("train/grad_norm",),
-    "accuracy": ("eval/accuracy", "train/mean_token_accuracy", "eval/mean_token_accuracy"),
+    "mean_token_accuracy": ("train/mean_token_accuracy", "eval/mean_token_accuracy"),  # TRL's; no eval accuracy
 }
 
 Series = dict[str, list[tuple[int, float]]]  # tag -> [(step, value)], by step
@@ -138,7 +147,7 @@ def final_values_table(scalars: Series) -> str:
 
 def main(
     run: Annotated[Path, typer.Argument(help="Run folder, TensorBoard folder or event file, or a run name.")],
-    out: Annotated[Path | None, typer.Option(help="Output folder (default <run>/plots).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default <run>/plots; see above).")] = None,
     every_scalar: Annotated[bool, typer.Option("--all", help="Also plot every other scalar with 2+ points.")] = False,
 ) -> Path:
     """Read the run's scalars, write the PNGs and summary.md; returns the output folder."""

@@ -135,8 +135,10 @@ def main(
         index = index if index is not None else split_index(data_args, split)  # the examples' own categories
 
         def categories(u: str) -> list[str]:
-            meta = (index.get(u) or {}).get("meta", {})
-            return run_categories(runs, u, phenomena) + ([meta["category"]] if meta.get("category") else [])
+            row = index.get(u) or {}
+            meta, sentence = row.get("meta", {}), row.get("sentence") or ""
+            cats = run_categories(runs, u, phenomena) + ([meta["category"]] if meta.get("category") else [])
+            return cats + (phenomena or {}).get(sentence.strip(), [])  # as gallery_item: runs need not carry sentences
 
         chosen, name = [u for u in chosen if set(categories(u)) & set(category)], [*name, *category]
     if n_random is not None:

@@ -6,16 +6,22 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import re
+
 import torch
 from peft import LoraConfig
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from transformers.pytorch_utils import Conv1D
 from trl import ModelConfig, get_peft_config
 
 logger = logging.getLogger(__name__)
 
-# LoRA on the language model's linear layers only (the vision tower stays frozen): Qwen2-VL module names.
+# LoRA on the language model's linear layers only (the vision tower stays frozen): Qwen2-VL module names. With the
+# model at hand, `lora_targets(model)` reads the names off its language model instead (any VLM family).
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-VISION_MODULES = ("visual",)  # Qwen2-VL's vision tower (ViT + merger) attribute name
+# Vision modules kept out of 4-bit quantization, named before the model exists: Qwen2-VL's `visual` (ViT + merger),
+# the LLaVA family's `vision_tower` + `multi_modal_projector` (training/compose.py). A name a model lacks is a no-op.
+VISION_MODULES = ("visual", "vision_tower", "multi_modal_projector")
 
 
 @dataclass
@@ -43,9 +49,18 @@ def _offline_hint(name: str, err: Exception) -> ModelNotAvailableError:
 
 
 def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None):
-    """Set Qwen2-VL's resize bounds on the image processor itself (a call-time kwarg is easy to lose)."""
+    """Set Qwen2-VL's resize bounds on the image processor itself (a call-time kwarg is easy to lose).
+
+    Image processors that resize to a fixed size (CLIP / SigLIP / ViT in a composed LLaVA-family model) have no pixel
+    budget: the bounds are left out, with a warning."""
     ip = processor.image_processor
     if min_pixels is None and max_pixels is None:
+        return processor
+    if not hasattr(ip, "merge_size"):  # no dynamic resolution: size is the fixed output size, not pixel bounds
+        logger.warning(
+            "%s resizes every image to a fixed size: min_pixels/max_pixels (%s/%s) do not apply and are ignored",
+            type(ip).__name__, min_pixels, max_pixels,
+        )  # fmt: skip
         return processor
     size = dict(ip.size)
     if min_pixels is not None:
@@ -105,7 +120,7 @@ def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = Non
     except OSError as e:
         raise _offline_hint(model_args.model_name_or_path, e) from None
     if lab_args.freeze_vision_tower and not model_args.use_peft:
-        frozen = freeze(model, VISION_MODULES)
+        frozen = freeze(model, vision_modules(model))
         logger.info("froze %d vision-tower parameters", frozen)
     return model
 
@@ -126,10 +141,37 @@ def freeze(model, prefixes: tuple[str, ...]) -> int:
     return n
 
 
-def lora_config(model_args: ModelConfig) -> LoraConfig | None:
-    """TRL's LoRA config from ModelConfig, defaulting the targets to the language model's linears."""
+def language_model(model) -> torch.nn.Module:
+    """The VLM's language model (decoder without lm_head): `model.model.language_model` in Qwen2-VL and the LLaVA
+    family in transformers 5, else what get_decoder() returns."""
+    inner = getattr(model, "model", model)
+    lm = getattr(inner, "language_model", None)
+    return lm if isinstance(lm, torch.nn.Module) else model.get_decoder()
+
+
+def vision_modules(model) -> tuple[str, ...]:
+    """Names of the backbone's children that are not the language model: the vision side (Qwen2-VL: visual, its
+    merger inside; LLaVA family: vision_tower, multi_modal_projector)."""
+    inner = getattr(model, "model", model)
+    lm = language_model(model)
+    return tuple(name for name, child in inner.named_children() if child is not lm)
+
+
+def lora_targets(model) -> str:
+    """A PEFT target regex: every nn.Linear / Conv1D (GPT-2) leaf name under the language model, nothing else."""
+    lm = language_model(model)
+    prefix = next(name for name, module in model.named_modules() if module is lm)
+    leaves = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    if not leaves:
+        raise ValueError(f"{type(lm).__name__} has no linear layers for LoRA; set lora_target_modules")
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(leaves))})"
+
+
+def lora_config(model_args: ModelConfig, model=None) -> LoraConfig | None:
+    """TRL's LoRA config from ModelConfig, defaulting the targets to the language model's linears (read off `model`
+    when given, else Qwen2-VL's names)."""
     if not model_args.use_peft:
         return None
     if model_args.lora_target_modules is None:
-        model_args.lora_target_modules = DEFAULT_LORA_TARGETS
+        model_args.lora_target_modules = DEFAULT_LORA_TARGETS if model is None else lora_targets(model)
     return get_peft_config(model_args)

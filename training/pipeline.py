@@ -5,8 +5,10 @@ TRL's VLM collator (and the lab's ExampleCollator) render and tokenize every row
 process. Here `tokenize_split` does it once per example (a Dataset.map; on a cached split datasets keeps the result as
 a cache-*.arrow file beside the split, which the cache's verification ignores, so a later run reuses it) and adds the
 token counts that `training.preflight` checks and `train_sampling_strategy: group_by_length` reads (`length`).
-Image tokens are counted from the image sizes with the image processor's own `get_number_of_image_patches` (no
-pixels are touched), expanded in the text as the processor does, and checked against the pixels in every batch.
+Image tokens are counted from the image sizes, expanded in the text as the processor does, and checked against the
+pixels in every batch: for Qwen2-VL's grid with the image processor's own `get_number_of_image_patches` (no pixels are
+touched); for processors with fixed-size images (LlavaProcessor, as training/compose.py saves it) with the processor's
+own `replace_image_token`, the hook its __call__ expands each image placeholder with, on a blank image of each size.
 """
 
 from __future__ import annotations
@@ -52,10 +54,30 @@ def image_size(image) -> tuple[int, int]:
     return image.height, image.width
 
 
+def has_grid(processor) -> bool:
+    """Whether the image processor tiles images into a variable grid (Qwen2-VL: image_grid_thw, merge_size)."""
+    return hasattr(processor.image_processor, "merge_size")
+
+
 def image_token_counts(processor, sizes: list[tuple[int, int]]) -> list[int]:
-    """Tokens each image takes in the language model: prod(image_grid_thw) / merge_size**2 under min/max_pixels."""
+    """Tokens each image takes in the language model: prod(image_grid_thw) / merge_size**2 under min/max_pixels
+    (Qwen2-VL), else what the processor's `replace_image_token` expands the image to (one blank image per size)."""
     ip = processor.image_processor
-    return [ip.get_number_of_image_patches(h, w) // ip.merge_size**2 for h, w in sizes]
+    if has_grid(processor):
+        return [ip.get_number_of_image_patches(h, w) // ip.merge_size**2 for h, w in sizes]
+    per_size = {}
+    for h, w in set(sizes):
+        pixels = ip(images=[Image.new("RGB", (w, h))], return_tensors="pt")
+        per_size[h, w] = pixel_image_tokens(processor, pixels, 1)
+    return [per_size[s] for s in sizes]
+
+
+def pixel_image_tokens(processor, pixels, n_images: int) -> int:
+    """Image tokens the processor expands `n_images` images of `pixels` (an image processor output) to."""
+    if "image_grid_thw" in pixels:  # Qwen2-VL: one token per merge_size x merge_size patches of the grid
+        return int(pixels["image_grid_thw"].prod(-1).sum()) // processor.image_processor.merge_size**2
+    replaced = (processor.replace_image_token(pixels, image_idx=i) for i in range(n_images))
+    return sum(r.count(processor.image_token) for r in replaced)
 
 
 def expand_image_tokens(text: str, image_token: str, counts: list[int]) -> str:
@@ -100,8 +122,11 @@ def _fingerprint(ds: datasets.Dataset, processor, template: PromptTemplate) -> s
         "template": dataclasses.asdict(template),
         "tokenizer": hashlib.sha256(processor.tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "chat_template": processor.chat_template,
-        "pixels": [dict(ip.size), ip.patch_size, ip.merge_size],
+        "pixels": [dict(ip.size), getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)],
     }
+    if not has_grid(processor):  # fixed-size images: the crop and the processor's own expansion settings
+        expansion = ("patch_size", "num_additional_image_tokens", "vision_feature_select_strategy")
+        parts["pixels"] += [dict(getattr(ip, "crop_size", None) or {})] + [getattr(processor, a, None) for a in expansion]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -164,23 +189,20 @@ class TokenizedCollator:
             start = n - row["completion_length"]
             labels[i, start:n] = ids[start:]
         images = [img if img.mode == "RGB" else img.convert("RGB") for row in rows for img in row["images"]]
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")  # pixel_values, image_grid_thw
+        # pixel_values [N, C, H, W] (+ image_grid_thw [N, 3] for Qwen2-VL, which flattens the patches instead)
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")
         image_tokens = input_ids == self.processor.image_token_id
-        merge = self.processor.image_processor.merge_size
-        if int(pixels["image_grid_thw"].prod(-1).sum()) // merge**2 != int(image_tokens.sum()):
+        if pixel_image_tokens(self.processor, pixels, len(images)) != int(image_tokens.sum()):
             uids = ", ".join(str(r["uid"]) for r in rows)
             raise DataError(
                 f"batch of uids {uids}",
                 "image tokens in the ids differ from the pixels' grid: the image processor's settings changed "
                 "since the split was tokenized",
             )
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "mm_token_type_ids": image_tokens.long(),  # 1 on image tokens, as Qwen2VLProcessor returns it
-            "labels": labels,
-            **pixels,
-        }
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **pixels}
+        if "mm_token_type_ids" in self.processor.model_input_names:  # Qwen2VLProcessor returns it; LlavaProcessor not
+            batch["mm_token_type_ids"] = image_tokens.long()  # 1 on image tokens
+        return batch
 
 
 @dataclass

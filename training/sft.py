@@ -78,7 +78,7 @@ def main(
         train_dataset=data.train,
         eval_dataset=data.eval,
         processing_class=processor,
-        peft_config=lora_config(model_args),
+        peft_config=lora_config(model_args, model),
     )
     mirror = add_lab_callbacks(trainer, train_lab_args, training_args)  # TensorBoard folder, checkpoint mirror
 

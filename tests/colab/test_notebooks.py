@@ -8,11 +8,10 @@ import json
 import os
 from pathlib import Path
 
+import ipykernel  # noqa: F401  (the kernel nbclient starts; required, so a missing install fails)
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (requirements.txt)")
-nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (requirements.txt)")
-pytest.importorskip("ipykernel", reason="ipykernel is not installed (requirements.txt): no kernel to run notebooks")
 
 COLAB = Path(__file__).resolve().parents[2] / "colab"
 

@@ -10,9 +10,10 @@ from dataclasses import asdict
 import pytest
 
 from scripts import model_playground
-from utils.example_lookup import data_arguments, find_example
+from utils.example_lookup import data_arguments, find_example, split_index
 from utils.playground import DecodingKnobs, load_playground
 from utils.uid_cache import UidCache
+from vlm_datasets.errors import DataError
 
 
 @pytest.fixture
@@ -122,3 +123,15 @@ def test_interactive_loop_walks_the_uid_cache(playground, synthetic_config, spli
 def test_uid_and_image_files_are_exclusive(tiny_model_dir, image_files):
     with pytest.raises(ValueError, match="--uid and --image"):
         model_playground.main(prompt="x", uid="syn_test-0-0-0", image=image_files, model=str(tiny_model_dir))
+
+
+def test_synthetic_overrides_reach_the_uid_lookup(tiny_model_dir, synthetic_config, tmp_path):
+    # the config holds 24 synthetic examples: uid 25 exists only with --synthetic-eval-size 26
+    wider = split_index(data_arguments(synthetic_config, synthetic_eval_size=26, synthetic_seed=5), "test")
+    uid = list(wider)[-1]
+    common = dict(prompt="{sentence}", config=synthetic_config, model=str(tiny_model_dir), uid=uid, max_new_tokens=2)
+    with pytest.raises(DataError, match="not found"):
+        model_playground.main(**common, log=tmp_path / "none.jsonl")
+    model_playground.main(**common, synthetic_eval_size=26, synthetic_seed=5, log=tmp_path / "log.jsonl")
+    (rec,) = (json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
+    assert rec["images"]["uid"] == uid and rec["prompt"] == wider[uid]["sentence"]  # seed 5's sentence

@@ -39,11 +39,11 @@ def test_plots_and_final_values_of_a_resumed_run(tmp_path, isolated_artifacts):
 
     out = plot_run.main(run)  # the run folder: its run record names the TensorBoard folder
     assert out == run / "plots"
-    for name in ("loss", "learning_rate", "grad_norm", "accuracy", "summary"):
+    for name in ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "summary"):
         png = out / f"{name}.png"
         assert png.stat().st_size > 1000
         assert Image.open(png).size[0] > 100
-    assert not (out / "train_epoch.png").exists()
+    assert not (out / "train_epoch.png").exists() and not (out / "accuracy.png").exists()
     table = (out / "summary.md").read_text()
     assert "| train/loss | 0.25 | 8 |" in table  # the resumed values replace the first attempt's
     scalars = plot_run.read_scalars(sorted(logs.glob("events.out.tfevents.*")))
@@ -51,6 +51,10 @@ def test_plots_and_final_values_of_a_resumed_run(tmp_path, isolated_artifacts):
     loss = dict(scalars["train/loss"])
     assert loss[4] == pytest.approx(100.5) and loss[5] == pytest.approx(0.4)  # steps 5-6: the resumed values
     assert [s for s, _ in scalars["eval/loss"]] == [2, 4, 6, 8]
+    # what sft.py logs is token accuracy, and the plot says so: no "eval accuracy" is named or drawn
+    groups = plot_run.plot_groups(scalars)
+    assert groups["mean_token_accuracy"] == ("train/mean_token_accuracy",)
+    assert "accuracy" not in groups and all("eval/accuracy" not in tags for tags in plot_run.GROUPS.values())
 
 
 def test_cli_by_run_name_with_every_scalar(tmp_path, isolated_artifacts):

@@ -58,6 +58,23 @@ def test_wrong_flips_category_and_p_true_band(synthetic_config, split_rows, runs
     assert pick(run=[a], n_random=3, seed=0) == pick(run=[a], n_random=3, seed=0)
 
 
+def test_category_uses_annotated_phenomena_when_runs_carry_no_sentence(synthetic_config, split_rows, runs, tmp_path):
+    a, _ = runs
+    rows = [json.loads(line) for line in (a / "predictions.jsonl").read_text().splitlines()]
+    (a / "predictions.jsonl").write_text("".join(json.dumps(r | {"sentence": None}) + "\n" for r in rows))
+    sentences = [r["sentence"] for r in split_rows.values()]
+    annotations = tmp_path / "annotated_dev_examples.txt"
+    annotations.write_text(f"{sentences[2]}\n* odd phenomenon\n\n{sentences[5]}\n* odd phenomenon\n")
+    marked = [u for u, r in split_rows.items() if r["sentence"] in (sentences[2], sentences[5])]
+
+    def pick(**kw):
+        page = sample_gallery.main(config=synthetic_config, annotations=annotations, out=tmp_path / "g", **kw)
+        return chosen(page)
+
+    assert pick(run=[a], category=["odd phenomenon"]) == marked  # the sentence comes from the dataset
+    assert pick(category=["odd phenomenon"]) == marked
+
+
 def test_uid_lists_and_the_uid_cache(synthetic_config, split_rows, tmp_path):
     uids = list(split_rows)
     listed = tmp_path / "right_to_wrong.txt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from training import callbacks
 from training.callbacks import (
     MARKER,
+    OLD,
+    PARTIAL,
     CheckpointMirror,
     LabTrainingArguments,
     copy_atomically,
@@ -187,7 +191,80 @@ def test_mirror_onto_output_dir_is_refused(tmp_path, isolated_artifacts):
         LabTrainingArguments(mirror_keep_last=0)
 
 
-def test_marker_is_written_last(tmp_path):
-    out = copy_atomically(fake_checkpoint(tmp_path / "checkpoint-7", 7), tmp_path / "m" / "checkpoint-7", step=7)
+def test_marker_is_written_after_every_file_and_before_the_rename(tmp_path, monkeypatch):
+    src = fake_checkpoint(tmp_path / "checkpoint-7", 7)
+    (src / "sub").mkdir()
+    (src / "sub" / "rng_state.pth").write_bytes(b"r" * 8)
+    events = []  # (what, name, was the marker in the hidden copy at that moment)
+    real_copy, real_rename = callbacks._copy_file, os.rename
+
+    def copy(a, b):
+        hidden = next(p for p in Path(b).parents if PARTIAL in p.name)
+        events.append(("copy", Path(b).name, (hidden / MARKER).exists()))
+        real_copy(a, b)
+
+    def rename(a, b):
+        events.append(("rename", Path(b).name, (Path(a) / MARKER).exists()))
+        real_rename(a, b)
+
+    monkeypatch.setattr(callbacks, "_copy_file", copy)
+    monkeypatch.setattr(callbacks.os, "rename", rename)
+    out = copy_atomically(src, tmp_path / "m" / "checkpoint-7", step=7)
+    assert events == [
+        ("copy", "adapter_model.safetensors", False),
+        ("copy", "trainer_state.json", False),
+        ("copy", "rng_state.pth", False),
+        ("rename", "checkpoint-7", True),  # the marker exists before the copy takes its name, never after a file
+    ]
     marker = json.loads((out / MARKER).read_text())
-    assert marker["step"] == 7 and set(marker["files"]) == {"adapter_model.safetensors", "trainer_state.json"}
+    assert marker["step"] == 7
+    sizes = {str(f.relative_to(src)): f.stat().st_size for f in src.rglob("*") if f.is_file()}
+    assert marker["files"] == sizes and len(sizes) == 3
+
+
+def on_save(mirror: CheckpointMirror, run: Path, step: int) -> None:
+    args = type("A", (), {"output_dir": str(run), "metric_for_best_model": None})()
+    state = type("S", (), {"is_world_process_zero": True, "global_step": step, "best_global_step": None})()
+    mirror.on_save(args, state, None)
+
+
+def test_mirroring_the_same_step_again_replaces_the_copy_whole(tmp_path):
+    run, mirror = tmp_path / "run", CheckpointMirror(tmp_path / "mirror", keep_last=2)
+    fake_checkpoint(run / "checkpoint-5", 5, payload=b"a" * 64)
+    (run / "checkpoint-5" / "stale.bin").write_bytes(b"s")
+    on_save(mirror, run, 5)
+    shutil.rmtree(run / "checkpoint-5")
+    fake_checkpoint(run / "checkpoint-5", 5, payload=b"b" * 80)  # the step saved again (a rerun of the same step)
+    on_save(mirror, run, 5)
+    copy = mirror.dest / "checkpoint-5"
+    assert (copy / "adapter_model.safetensors").read_bytes() == b"b" * 80 and not (copy / "stale.bin").exists()
+    assert is_mirrored(5, copy) and json.loads((copy / MARKER).read_text())["files"]["adapter_model.safetensors"] == 80
+    assert sorted(p.name for p in mirror.dest.iterdir()) == ["checkpoint-5"]  # no hidden .old- or .partial- left
+
+
+def test_a_copy_killed_between_moving_the_old_aside_and_renaming_the_new_in_is_restored(tmp_path, monkeypatch):
+    run, mirror = tmp_path / "run", CheckpointMirror(tmp_path / "mirror")
+    copy_atomically(fake_checkpoint(run / "checkpoint-5", 5, b"a" * 64), mirror.dest / "checkpoint-5", step=5)
+    real_rename = os.rename
+
+    def killed_after_the_first_rename(a, b):
+        if OLD not in Path(b).name:  # the new copy's rename: "killed" here, the old copy already moved aside
+            raise KeyboardInterrupt
+        real_rename(a, b)
+
+    monkeypatch.setattr(callbacks.os, "rename", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        copy_atomically(fake_checkpoint(run / "again" / "checkpoint-5", 5, b"b" * 64), mirror.dest / "checkpoint-5", 5)
+    monkeypatch.setattr(callbacks.os, "rename", real_rename)
+    (old,) = [p.name for p in mirror.dest.iterdir()]
+    assert old.startswith(f".checkpoint-5{OLD}") and last_mirrored_checkpoint(mirror.dest) is None
+    # A leftover .old- whose checkpoint-N exists again, and an incomplete one, are removed instead.
+    copy_atomically(fake_checkpoint(run / "checkpoint-6", 6), mirror.dest / f".checkpoint-6{OLD}abc", step=6)
+    copy_atomically(run / "checkpoint-6", mirror.dest / "checkpoint-6", step=6)
+    (mirror.dest / f".checkpoint-7{OLD}abc").mkdir()
+    (mirror.dest / f".checkpoint-7{OLD}abc" / "trainer_state.json").write_text('{"global_step": 7}')
+    mirror.on_train_begin(None, type("S", (), {"is_world_process_zero": True})(), None)
+    assert sorted(p.name for p in mirror.dest.iterdir()) == ["checkpoint-5", "checkpoint-6"]
+    restored = mirror.dest / "checkpoint-5"
+    assert is_mirrored(5, restored) and (restored / "adapter_model.safetensors").read_bytes() == b"a" * 64
+    assert last_mirrored_checkpoint(mirror.dest) == mirror.dest / "checkpoint-6"

@@ -246,6 +246,28 @@ def test_parameter_groups_carry_the_configured_learning_rates(gpt2v, tmp_path):
         "lora": 3e-3, "projector": 1e-2, "projector_no_decay": 1e-2}  # fmt: skip
 
 
+
+def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path):
+    # A constant schedule keeps each group at its configured rate; vision at lr 0 must not move although trainable.
+    stage = StageArguments(train_vision=True, train_language_model="full", vision_learning_rate=0.0,
+                           projector_learning_rate=2e-3, language_model_learning_rate=5e-3)  # fmt: skip
+    trainer = trainer_for(gpt2v, tmp_path, stage, lr_scheduler_type="constant")
+    before = snapshot(trainer.model)
+    trainer.train()
+    wanted = {"vision": 0.0, "projector": 2e-3, "language_model": 5e-3}
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2
+    for entry in logs:  # logged at every training step, read off the optimizer the trainer stepped
+        assert {k: v for k, v in entry.items() if k.startswith("lr_")} == {
+            f"lr_{g}{suffix}": lr for g, lr in wanted.items() for suffix in ("", "_no_decay")
+        }
+    assert {g["name"]: g["lr"] for g in trainer.optimizer.param_groups} == {
+        f"{g}{suffix}": lr for g, lr in wanted.items() for suffix in ("", "_no_decay")
+    }
+    moved = changed(before, trainer.model)
+    assert not any(".vision_tower." in n for n in moved)
+    assert any(".multi_modal_projector." in n for n in moved) and any(".language_model." in n for n in moved)
+
 def test_moe_router_loss_and_expert_load_are_logged(tmp_path):
     out = compose(tmp_path / "moe", text_config=MOE)
     stage = StageArguments(train_language_model="full")
