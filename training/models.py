@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-
 import re
+from dataclasses import dataclass, field
 
 import torch
 from peft import LoraConfig

@@ -125,8 +125,9 @@ def _fingerprint(ds: datasets.Dataset, processor, template: PromptTemplate) -> s
         "pixels": [dict(ip.size), getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)],
     }
     if not has_grid(processor):  # fixed-size images: the crop and the processor's own expansion settings
-        expansion = ("patch_size", "num_additional_image_tokens", "vision_feature_select_strategy")
-        parts["pixels"] += [dict(getattr(ip, "crop_size", None) or {})] + [getattr(processor, a, None) for a in expansion]
+        expansion = [getattr(processor, a, None) for a in ("patch_size", "num_additional_image_tokens")]
+        expansion.append(getattr(processor, "vision_feature_select_strategy", None))
+        parts["pixels"] += [dict(getattr(ip, "crop_size", None) or {}), *expansion]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

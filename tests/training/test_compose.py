@@ -246,7 +246,6 @@ def test_parameter_groups_carry_the_configured_learning_rates(gpt2v, tmp_path):
         "lora": 3e-3, "projector": 1e-2, "projector_no_decay": 1e-2}  # fmt: skip
 
 
-
 def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path):
     # A constant schedule keeps each group at its configured rate; vision at lr 0 must not move although trainable.
     stage = StageArguments(train_vision=True, train_language_model="full", vision_learning_rate=0.0,
@@ -267,6 +266,7 @@ def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path
     moved = changed(before, trainer.model)
     assert not any(".vision_tower." in n for n in moved)
     assert any(".multi_modal_projector." in n for n in moved) and any(".language_model." in n for n in moved)
+
 
 def test_moe_router_loss_and_expert_load_are_logged(tmp_path):
     out = compose(tmp_path / "moe", text_config=MOE)
