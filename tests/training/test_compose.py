@@ -38,6 +38,12 @@ GPT2 = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=128)
 MOE = dict(model_type="qwen2_moe", hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
            shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2, num_hidden_layers=1,
            num_attention_heads=2, num_key_value_heads=1, router_aux_loss_coef=0.02)  # fmt: skip
+MIXTRAL = dict(model_type="mixtral", hidden_size=32, intermediate_size=64, num_local_experts=4,
+               num_experts_per_tok=2, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+               router_aux_loss_coef=0.02)  # fmt: skip
+OLMOE = dict(model_type="olmoe", hidden_size=32, intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, router_aux_loss_coef=0.02)  # fmt: skip
+MOE_LMS = {"Qwen2MoeModel": MOE, "MixtralModel": MIXTRAL, "OlmoeModel": OLMOE}  # LM class -> tiny text config
 
 
 def compose(tmp: Path, **overrides) -> Path:
@@ -268,11 +274,18 @@ def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path
     assert any(".multi_modal_projector." in n for n in moved) and any(".language_model." in n for n in moved)
 
 
-def test_moe_router_loss_and_expert_load_are_logged(tmp_path):
-    out = compose(tmp_path / "moe", text_config=MOE)
+@pytest.mark.parametrize("lm_class", list(MOE_LMS))
+def test_moe_router_loss_and_expert_load_are_logged(tmp_path, rows, lm_class):
+    out = compose(tmp_path / "moe", text_config=MOE_LMS[lm_class])
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert type(model.model.language_model).__name__ == lm_class
+    inputs = batch(AutoProcessor.from_pretrained(out), rows)  # images and labels
+    assert (inputs["input_ids"] == model.config.image_token_id).any() and (inputs["labels"] != -100).any()
+    assert torch.isfinite(model(**inputs).loss)
     stage = StageArguments(train_language_model="full")
     trainer = trainer_for(out, tmp_path, stage)
-    assert trainer.is_moe and trainer.moe_aux_coef == pytest.approx(0.02)  # the text config's coefficient
+    assert trainer.is_moe and trainer.num_experts == 4  # Mixtral names it num_local_experts
+    assert trainer.moe_aux_coef == pytest.approx(0.02)  # the text config's coefficient
     trainer.train()
     logs = [e for e in trainer.state.log_history if "moe_aux_loss" in e]
     assert len(logs) == 2 and all(e["moe_aux_loss"] > 0 for e in logs)
