@@ -139,13 +139,7 @@ def _fingerprint(eval_args: EvalArguments, data_args: DataArguments, model_args:
         "adapter": eval_args.adapter_path,
         "scoring": eval_args.scoring,
         "max_new_tokens": eval_args.max_new_tokens if eval_args.scoring == "generate" else None,
-        "prompt_template": [
-            template.name,
-            template.text,
-            list(template.answers),
-            template.images_first,
-            template.label_images,
-        ],
+        "prompt_template": asdict(template),
         "data": asdict(data_args),
     }
 

@@ -35,7 +35,7 @@ from training.baseline import lab_trainer, loss_difference, trl_trainer
 from training.benchmarking import RunResult, data_loading, timed_runs
 from training.callbacks import LabTrainingArguments
 from training.collators import ExampleCollator
-from training.models import LabModelArguments, load_model, load_processor, lora_config
+from training.models import LabModelArguments, load_model, lora_config, run_processor
 from training.run_record import library_versions
 from vlm_datasets.config import DataArguments
 from vlm_datasets.prompts import get_template
@@ -108,9 +108,7 @@ def main(bench, data_args, training_args, model_args, lab_args, train_lab_args=N
     training_args.logging_steps, training_args.save_strategy, training_args.report_to = 1, "no", []
     training_args.disable_tqdm, training_args.eval_strategy = True, "no"  # training throughput only
     template = get_template(data_args.prompt_template)
-    processor = load_processor(
-        model_args.model_name_or_path, min_pixels=data_args.min_pixels, max_pixels=data_args.max_pixels
-    )
+    processor = run_processor(model_args, data_args)
     names = ["trl", "lab"] + (["trl_newline_masked"] if bench.check_masking else [])
     names += [f"lab+{v}" for v in filter(None, bench.variants.split(","))]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from training.callbacks import LabTrainingArguments
-from training.models import LabModelArguments, load_processor
+from training.models import LabModelArguments, run_processor
 from training.pipeline import tokenize_split
 from training.preflight import describe_cuts, token_budget
 from vlm_datasets.config import DataArguments
@@ -40,13 +40,7 @@ class PreflightArguments:
 
 def main(pre: PreflightArguments, data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig, *_):
     split = pre.split or data_args.dataset_train_split
-    processor = load_processor(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        min_pixels=data_args.min_pixels,
-        max_pixels=data_args.max_pixels,
-    )
+    processor = run_processor(model_args, data_args, trust_remote_code=training_args.trust_remote_code)
     ds = require_labels(load_split(data_args, split, limit=data_args.preflight_examples), data_args, split)
     tokenized = tokenize_split(ds, processor, get_template(data_args.prompt_template))
     budget = token_budget(tokenized, training_args.max_length)

@@ -47,6 +47,11 @@ def _offline_hint(name: str, err: Exception) -> ModelNotAvailableError:
     )
 
 
+def has_grid(processor) -> bool:
+    """Whether the image processor tiles images into a variable grid (Qwen2-VL: image_grid_thw, merge_size)."""
+    return hasattr(processor.image_processor, "merge_size")
+
+
 def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None):
     """Set Qwen2-VL's resize bounds on the image processor itself (a call-time kwarg is easy to lose).
 
@@ -55,7 +60,7 @@ def set_pixel_budget(processor, min_pixels: int | None, max_pixels: int | None):
     ip = processor.image_processor
     if min_pixels is None and max_pixels is None:
         return processor
-    if not hasattr(ip, "merge_size"):  # no dynamic resolution: size is the fixed output size, not pixel bounds
+    if not has_grid(processor):  # no dynamic resolution: size is the fixed output size, not pixel bounds
         logger.warning(
             "%s resizes every image to a fixed size: min_pixels/max_pixels (%s/%s) do not apply and are ignored",
             type(ip).__name__, min_pixels, max_pixels,
@@ -81,6 +86,17 @@ def load_processor(
     except OSError as e:
         raise _offline_hint(path, e) from None
     return set_pixel_budget(processor, min_pixels, max_pixels)
+
+
+def run_processor(model_args: ModelConfig, data_args, trust_remote_code: bool = False):
+    """The processor of `model_args`' checkpoint with `data_args`' pixel budget (min_pixels / max_pixels)."""
+    return load_processor(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=trust_remote_code,
+        min_pixels=data_args.min_pixels,
+        max_pixels=data_args.max_pixels,
+    )
 
 
 def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) -> BitsAndBytesConfig | None:

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from training.collators import IGNORE_INDEX, render
+from training.models import has_grid
 from training.preflight import TokenBudget, check_token_budget
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
@@ -52,11 +53,6 @@ def image_size(image) -> tuple[int, int]:
         with Image.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as img:
             return img.height, img.width
     return image.height, image.width
-
-
-def has_grid(processor) -> bool:
-    """Whether the image processor tiles images into a variable grid (Qwen2-VL: image_grid_thw, merge_size)."""
-    return hasattr(processor.image_processor, "merge_size")
 
 
 def image_token_counts(processor, sizes: list[tuple[int, int]]) -> list[int]:

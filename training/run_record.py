@@ -92,13 +92,7 @@ def write_run_record(
         "kind": kind,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
-        "prompt_template": {
-            "name": template.name,
-            "text": template.text,
-            "answers": list(template.answers),
-            "images_first": template.images_first,
-            "label_images": template.label_images,
-        },
+        "prompt_template": dataclasses.asdict(template),  # name, text, answers and layout
         "dataset": _jsonable(dataset_manifest),
         "config": config_dict(*args_objects),
         "versions": library_versions(),

@@ -32,7 +32,7 @@ from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
-from training.models import LabModelArguments, load_model, load_processor, lora_config
+from training.models import LabModelArguments, load_model, lora_config, run_processor
 from training.pipeline import training_data
 from training.run_record import token_to_environment, write_run_record
 from training.trainer import LabSFTTrainer
@@ -56,13 +56,7 @@ def main(
     template = get_template(data_args.prompt_template)
 
     # Model and processor
-    processor = load_processor(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        min_pixels=data_args.min_pixels,
-        max_pixels=data_args.max_pixels,
-    )
+    processor = run_processor(model_args, data_args, trust_remote_code=training_args.trust_remote_code)
     model = load_model(model_args, lab_args, trust_remote_code=training_args.trust_remote_code)
 
     # Dataset: canonical examples rendered with the template and tokenized once (training/pipeline.py); unlabeled rows
