@@ -265,7 +265,9 @@ _FORMAT_SAMPLERS = {
     "which_image": ("existential quantifier", _which_image),
     "counting": ("hard cardinality", _hard_cardinality),
 }
-_TRIES_PER_CHOICE = 50  # image-pair mode: statements drawn for one category (and template) before the next is tried
+_SCAN = 64  # image-pair mode: open pairs a sentence is tried on
+_ALONE_AFTER = 200  # image-pair mode: failed sentences before one may be judged on a single pair
+_TRIES_PER_CATEGORY = 50  # image-pair mode: failed sentences of one category before the next is tried
 
 
 @dataclass
@@ -356,45 +358,82 @@ def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig |
 
 
 def _generate_by_pair(split: str, num_examples: int, seed: int, cfg: SyntheticConfig) -> Iterator[Example]:
-    """`cfg.image_pairs` distinct image pairs with the examples spread over them: several distinct statements judged
-    on each pair, labels balanced overall (and within each pair, up to one). uids `syn_{split}-{pair}-0-{statement}`
-    (an image pair is the identifier without its sentence id, as in NLVR2)."""
+    """`cfg.image_pairs` distinct image pairs with the examples spread over them (examples / image_pairs statements
+    judged on each, labels balanced within each pair up to one). Sentence-major as NLVR2: every sentence is judged on
+    as many pairs where it holds as pairs where it does not (up to `pairs_per_sentence` in all), so neither the
+    sentence nor the image pair alone tells the label. uids `syn_{split}-{pair}-0-{statement}` (an image pair is the
+    identifier without its sentence id, as in NLVR2); meta["sentence_id"] links one sentence's examples."""
     n_pairs = cfg.image_pairs
     if not 1 <= n_pairs <= num_examples:
         raise ValueError(f"image_pairs must be between 1 and the number of examples ({num_examples}), got {n_pairs}")
     rng = random.Random(f"{seed}-{split}-pairs")
-    wanted_all = [i % 2 == 0 for i in range(num_examples)]
-    start = index = 0
+    pool = [
+        (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
+        for _ in range(n_pairs)
+    ]
+    images = [[render(scene, cfg.grid, rng) for scene in pair] for pair in pool]
+    need = {True: [0] * n_pairs, False: [0] * n_pairs}  # statements each pair still needs, by label
+    start = 0
     for pair_id in range(n_pairs):
         size = num_examples // n_pairs + (pair_id < num_examples % n_pairs)
-        wanted = wanted_all[start : start + size]
+        for i in range(start, start + size):
+            need[i % 2 == 0][pair_id] += 1
         start += size
-        rng.shuffle(wanted)
-        pair = (random_scene(rng, cfg.grid, cfg.max_objects), random_scene(rng, cfg.grid, cfg.max_objects))
-        images = [render(scene, cfg.grid, rng) for scene in pair]
-        used = set()
-        for q, want in enumerate(wanted):
-            for attempt in range(cfg.max_tries):
-                if attempt % _TRIES_PER_CHOICE == 0:  # a category (or format) that cannot say it: the next one
-                    category = cfg.categories[(index + attempt // _TRIES_PER_CHOICE) % len(cfg.categories)]
-                    template, task_format, category, sampler = _instruction(rng, cfg, category)
-                text, holds = sampler(rng, pair)
-                if text not in used and holds(pair) == want:
-                    break
-            else:
+    left = {label: sum(need[label]) for label in (True, False)}
+    open_pairs: dict[bool, list[int]] = {True: [], False: []}  # this round's pairs still to take a statement
+    used: list[set[str]] = [set() for _ in range(n_pairs)]
+    rows: list[list[tuple]] = [[] for _ in range(n_pairs)]
+    half = max(1, cfg.pairs_per_sentence // 2)
+    sentence_id = failures = 0
+    while left[True] or left[False]:
+        for label in (True, False):
+            if not open_pairs[label]:  # a new round: every pair with a need takes at most one statement per label
+                open_pairs[label] = [p for p in range(n_pairs) if need[label][p]]
+                rng.shuffle(open_pairs[label])
+        template, task_format, category, sampler = _instruction(
+            rng, cfg, cfg.categories[(sentence_id + failures // _TRIES_PER_CATEGORY) % len(cfg.categories)]
+        )
+        anchor = rng.choice(open_pairs[True] or open_pairs[False])
+        text, holds = sampler(rng, pool[anchor])
+        found = {
+            label: [p for p in open_pairs[label][:_SCAN] if text not in used[p] and holds(pool[p]) is label][:half]
+            for label in (True, False)
+        }
+        # As many pairs where it holds as where it does not. At the very end (an odd total, or the last open pairs
+        # taking no sentence both ways) a statement may go alone.
+        take = {label: found[label][: min(len(found[True]), len(found[False]))] for label in (True, False)}
+        if not take[True] and (left[True] + left[False] == 1 or failures >= _ALONE_AFTER):
+            label = bool(found[True])
+            take = {label: found[label][:1], not label: []}
+        if not take[True] and not take[False]:
+            failures += 1
+            if failures > cfg.max_tries:
+                stuck = sorted({p for label in (True, False) for p in open_pairs[label][:1]})
                 raise ValueError(
-                    f"synthetic image pair {pair_id}: no new statement with label {want} in {cfg.max_tries} tries; "
-                    f"{size} statements per pair is too many for this scene size (use more image pairs)"
+                    f"synthetic image pairs {stuck}: no new statement fits them in {cfg.max_tries} tries; "
+                    f"{num_examples // n_pairs} statements per pair is too many for this scene size "
+                    "(use more image pairs)"
                 )
-            used.add(text)
+            continue
+        failures = 0
+        for label in (True, False):
+            for p in take[label]:
+                rows[p].append((text, label, category, template, task_format, sentence_id))
+                used[p].add(text)
+                need[label][p] -= 1
+                left[label] -= 1
+                open_pairs[label].remove(p)
+        sentence_id += 1
+    for pair_id, pair_rows in enumerate(rows):
+        for q, (text, label, category, template, task_format, sid) in enumerate(pair_rows):
+            meta = _meta(seed, category, pool[pair_id], images[pair_id], template, task_format)
             yield Example(
                 uid=f"syn_{split}-{pair_id}-0-{q}",
-                images=images,
+                images=images[pair_id],
                 sentence=text,
-                label=want,
-                meta=_meta(seed, category, pair, images, template, task_format),
+                label=label,
+                meta=meta | {"sentence_id": sid},
             )
-            index += 1
 
 
 # ---- other tasks over the same scenes, for pretraining the embedded base -----------------------------------------

@@ -117,6 +117,18 @@ def test_image_pairs_spread_a_fixed_total_over_distinct_pairs():
         assert all(np.array_equal(a, np.array(b)) for x in members for a, b in zip(first, x.images, strict=True))
         scenes.add(json.dumps(members[0].meta["scenes"]))
     assert len(scenes) == 12
+    # Sentence-major: a sentence is judged on as many pairs where it holds as where it does not, so its text alone
+    # does not tell the label (a statement chosen per pair for a wanted label would: "Neither image..." -> False).
+    by_sentence = defaultdict(list)
+    for x in examples:
+        by_sentence[x.meta["sentence_id"]].append(x.label)
+    balanced = [v for v in by_sentence.values() if v.count(True) == v.count(False)]
+    assert len(balanced) >= len(by_sentence) - 2 and max(len(v) for v in by_sentence.values()) <= 4
+    by_text = defaultdict(list)
+    for x in examples:
+        by_text[x.sentence].append(x.label)
+    text_only = sum(max(v.count(True), v.count(False)) for v in by_text.values()) / len(examples)
+    assert text_only <= 0.53, text_only
     uneven = Counter(image_pair_key(x.uid) for x in generate("dev", 10, 0, SyntheticConfig(image_pairs=4)))
     assert sorted(uneven.values()) == [2, 2, 3, 3]
     with pytest.raises(ValueError, match="image_pairs"):
