@@ -1,5 +1,6 @@
 """The files metrics are computed from: predictions (the lab's predictions.jsonl, the official NLVR2 CSV), official
 NLVR2 labels (dev.json-style JSON lines) and the linguistic-phenomenon annotations (annotated_dev_examples.txt).
+A composed VLM's run (training/train_vlm.py) writes generated text instead: write_generated / read_generated.
 
     from evals.prediction_files import load_predictions, load_labels, write_predictions_csv
     labels, sentences = load_labels("../shared/nlvr2/dev.json")
@@ -66,6 +67,37 @@ def read_prediction_records(path: str | Path) -> list[dict]:
         except DataError as e:
             raise DataError(where, f"uid {uid}: {e.problem}") from None
         records.append({**row, "label": label})
+    return records
+
+
+def write_generated(path: str | Path, rows: Iterable[Mapping], predictions: Iterable[str]) -> Path:
+    """A composed VLM's predictions.jsonl (training/train_vlm.py): uid, task, prediction (the generated text) and
+    references per evaluation row, in the rows' order."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for r, p in zip(rows, predictions, strict=True):
+            fh.write(json.dumps({"uid": r["uid"], "task": r["task"], "prediction": p, "references": r["references"]}))
+            fh.write("\n")
+    return path
+
+
+def read_generated(path: str | Path) -> list[dict]:
+    """write_generated's rows, checked: a uid (once), a task, the prediction as text, references a list of text."""
+    path = Path(path)
+    records, seen = [], set()
+    for line_no, row in _iter_jsonl(path):
+        where, uid = f"{path}:{line_no}", row.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise DataError(where, "no uid (a non-empty string)")
+        if uid in seen:
+            raise DataError(where, f"uid {uid} appears twice")
+        seen.add(uid)
+        if not isinstance(row.get("task"), str) or not isinstance(row.get("prediction"), str):
+            raise DataError(where, f"uid {uid}: task and prediction must be text (a composed VLM's predictions)")
+        refs = row.get("references")
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise DataError(where, f"uid {uid}: references must be a non-empty list of text")
+        records.append(row)
     return records
 
 

@@ -1,5 +1,7 @@
 """A static HTML gallery for error analysis: both images, the sentence, the label, categories and each run's answer
 (prediction, p_true), for examples chosen by uid, by a seeded random draw, from the UID cache or from evaluation runs.
+For runs of training/train_vlm.py (a composed VLM): the image, the task, the question, each run's generated text, the
+references and a per-row score, the rows rebuilt from the evaluation data the run's run_record.json names.
 
 # 16 random examples of the embedded default's held-out split (synthetic, offline)
 python scripts/sample_gallery.py --config evals/configs/embedded_zero_shot.yaml --random 16 --seed 0
@@ -15,6 +17,14 @@ python scripts/sample_gallery.py --config evals/configs/embedded_finetuned.yaml 
 # Bookmarks (utils/uid_cache.py) with one tag; a uid list (e.g. compare.py's right_to_wrong.txt); one file
 python scripts/sample_gallery.py --from-cache --tag odd
 python scripts/sample_gallery.py --uids-file artifacts/analysis/compare/a__vs__b/right_to_wrong.txt --embed
+
+# A composed VLM's run (training/train_vlm.py): 12 random rows; the 10 worst captions (CIDEr-D), questions missed
+python scripts/sample_gallery.py --run artifacts/checkpoints/gpt2v-embedded-stage2 --random 12 --seed 0
+python scripts/sample_gallery.py --run artifacts/checkpoints/gpt2v-embedded-stage2 --wrong --category caption --limit 10
+python scripts/sample_gallery.py --run artifacts/checkpoints/gpt2v-embedded-stage2 --wrong --category qa
+# Two runs on the same evaluation data side by side (both stage 2 configs: mixed, seed 1), chosen uids
+python scripts/sample_gallery.py --run artifacts/checkpoints/gpt2v-embedded-stage2 \
+    --run artifacts/checkpoints/tinyvlm-embedded-stage2 --uid capsyn_eval-3 --uid capsyn_eval-4
 
 Writes <out>/index.html, <out>/images/*.png (unless --embed) and <out>/uids.txt; prints the page's path.
 Default out: <artifact root>/analysis/gallery/<a name built from the selection>.
@@ -32,6 +42,7 @@ import typer
 from evals.compare import FLIPS
 from evals.prediction_files import load_annotations
 from utils.artifacts import artifact_dir
+from utils.caption_runs import SCORES, caption_item, caption_runs, describe, find_rows, worst_first
 from utils.example_lookup import data_arguments, find_examples, random_draw, split_index
 from utils.gallery_page import GalleryItem, write_gallery
 from utils.uid_cache import UidCache
@@ -76,12 +87,18 @@ def main(
     from_cache: Annotated[bool, Opt(help="The UID cache's bookmarks.")] = False,
     tag: Annotated[str | None, Opt(help="Only bookmarks with this tag (implies --from-cache).")] = None,
     uid_cache: Annotated[Path | None, Opt(help="UID cache file (default <root>/analysis/uid_cache.json).")] = None,
-    run: Annotated[list[Path] | None, Opt("--run", help="Run folder or predictions file (repeat; A then B).")] = None,
+    run: Annotated[
+        list[Path] | None, Opt("--run", help="Run folder or predictions file (repeat; A then B); or train_vlm runs.")
+    ] = None,
     labels: Annotated[Path | None, Opt(help="Official NLVR2 JSON lines (labels for CSV runs).")] = None,
     annotations: Annotated[Path | None, Opt(help="annotated_dev_examples.txt: phenomena as categories.")] = None,
-    wrong_only: Annotated[bool, Opt("--wrong", help="Only what the first run got wrong.")] = False,
+    wrong_only: Annotated[
+        bool, Opt("--wrong", help="Only what the first run got wrong (train_vlm runs: its rows, lowest score first).")
+    ] = False,
     flip: Annotated[str | None, Opt(help=f"Between two runs: {' or '.join(FLIPS)}.")] = None,
-    category: Annotated[list[str] | None, Opt("--category", help="Only these categories (repeat).")] = None,
+    category: Annotated[
+        list[str] | None, Opt("--category", help="Only these categories (repeat; train_vlm runs: caption, qa, chat).")
+    ] = None,
     p_true_min: Annotated[float | None, Opt(help="Only first-run p_true >= this.")] = None,
     p_true_max: Annotated[float | None, Opt(help="Only first-run p_true <= this.")] = None,
     n_random: Annotated[int | None, Opt("--random", help="A seeded random draw of N of the selected uids.")] = None,
@@ -90,7 +107,18 @@ def main(
     out: Annotated[Path | None, Opt(help="Output folder (default under <root>/analysis/gallery).")] = None,
     embed: Annotated[bool, Opt(help="Images as data URIs inside index.html instead of PNG files.")] = False,
 ) -> Path:
-    """Choose the uids, load their examples from the configured dataset and write the gallery; returns index.html."""
+    """Choose the uids, load their examples from the configured dataset and write the gallery; returns index.html.
+    Runs of training/train_vlm.py (generated text) bring their own data: the rows their run_record.json names."""
+    text_runs = caption_runs(run or [])  # None: True/False runs (or none)
+    texts = text_runs is not None
+    given = dict(config=config, split=split, dataset_source=dataset_source, dataset_path=dataset_path, labels=labels,
+                 synthetic_eval_size=synthetic_eval_size, synthetic_seed=synthetic_seed, annotations=annotations,
+                 flip=flip, p_true_min=p_true_min, p_true_max=p_true_max)  # fmt: skip
+    if texts and (refused := [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]):
+        raise ValueError(
+            f"{', '.join(refused)}: not with train_vlm runs, whose run_record.json names their evaluation data and "
+            "whose rows have scores, not p_true (--wrong: lowest score first)"
+        )
     data_args = data_arguments(
         config,
         dataset_source=dataset_source,
@@ -99,8 +127,8 @@ def main(
         synthetic_seed=synthetic_seed,
     )
     split = split or data_args.dataset_eval_split
-    runs = load_runs(run or [])
-    gold = gold_labels(runs, labels) if runs else {}
+    runs = text_runs if texts else load_runs(run or [])
+    gold = gold_labels(runs, labels) if runs and not texts else {}
     phenomena = load_annotations(annotations) if annotations else None
     index: dict[str, dict] | None = None  # the split's text columns, read only when a choice needs them
     name: list[str] = []
@@ -120,7 +148,10 @@ def main(
 
     if (wrong_only or flip or p_true_min is not None or p_true_max is not None) and not runs:
         raise ValueError("--wrong, --flip and --p-true-min/max choose from runs: give at least one --run")
-    if wrong_only:
+    if wrong_only and texts:  # scored per row: the lowest first
+        keep = set(chosen)
+        chosen, name = [u for u in worst_first(runs[0]) if u in keep], [*name, "worst"]
+    elif wrong_only:
         keep = set(wrong(runs[0], gold))
         chosen, name = [u for u in chosen if u in keep], [*name, "wrong"]
     if flip:
@@ -131,11 +162,11 @@ def main(
     if p_true_min is not None or p_true_max is not None:
         lo, hi = p_true_min if p_true_min is not None else 0.0, p_true_max if p_true_max is not None else 1.0
         chosen, name = p_true_band(runs[0], chosen, lo, hi), [*name, f"p{lo:g}-{hi:g}"]
-    if category:
-        index = index if index is not None else split_index(data_args, split)  # the examples' own categories
+    if category:  # train_vlm runs: the row's task
+        index = index if index is not None or texts else split_index(data_args, split)  # the examples' own categories
 
         def categories(u: str) -> list[str]:
-            row = index.get(u) or {}
+            row = (index or {}).get(u) or {}
             meta, sentence = row.get("meta", {}), row.get("sentence") or ""
             cats = run_categories(runs, u, phenomena) + ([meta["category"]] if meta.get("category") else [])
             return cats + (phenomena or {}).get(sentence.strip(), [])  # as gallery_item: runs need not carry sentences
@@ -146,12 +177,18 @@ def main(
     total = len(chosen)
     chosen = chosen[:limit]
 
-    examples = find_examples(data_args, split, chosen)
-    items = [gallery_item(ex, runs, phenomena) for ex in examples.values()]
+    if texts:
+        examples = find_rows(runs[0], chosen)
+        items = [caption_item(ex, runs) for ex in examples.values()]
+        data = [f"data: {describe(runs[0].data)} (named by run A's {runs[0].record_path})", SCORES]
+    else:
+        examples = find_examples(data_args, split, chosen)
+        items = [gallery_item(ex, runs, phenomena) for ex in examples.values()]
+        data = [f"data: {data_args.dataset_source}, split {split}" + (f" ({config})" if config else "")]
 
     out_dir = Path(out) if out else artifact_dir("analysis") / "gallery" / _slug(name)
     about = [
-        f"data: {data_args.dataset_source}, split {split}" + (f" ({config})" if config else ""),
+        *data,
         *(f"run {chr(65 + i)}: {r.name} ({r.path})" for i, r in enumerate(runs)),
         f"selection: {' / '.join(name)}; {len(items)} examples"
         + (f" (the first {limit} of {total}: raise --limit)" if total > limit else ""),

@@ -45,6 +45,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from evals.prediction_files import write_generated
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.collators import CaptionCollator
 from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
@@ -137,10 +138,7 @@ def main(
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-        for r, p in zip(eval_rows, predictions, strict=True):
-            f.write(json.dumps({"uid": r["uid"], "task": r["task"], "prediction": p, "references": r["references"]}))
-            f.write("\n")
+    write_generated(out / "predictions.jsonl", eval_rows, predictions)  # the gallery reads it (read_generated)
     skipped = {"train": caption_skip_report(data_args, train=True), "eval": caption_skip_report(data_args, train=False)}
     summary = {
         "stage": stage.stage_name,

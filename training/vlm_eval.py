@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from training.caption_metrics import caption_metrics
+from training.caption_metrics import caption_metrics, cider_scores, rouge_l_scores
 from vlm_datasets.captions import to_chat
 
 LM_EVAL_SOURCES = ("none", "answers", "stories", "file")
@@ -78,6 +78,25 @@ def score(rows: list[dict], predictions: list[str]) -> dict[str, dict]:
         else:
             metrics = caption_metrics([predictions[i] for i in idx], [rows[i]["references"] for i in idx])
             out[task] = {**metrics, "n": len(idx)}
+    return out
+
+
+def row_scores(records: list[dict]) -> list[dict[str, float]]:
+    """Each row's own score from its task, prediction and references: qa -> {"exact_match": 0 or 1} (score()'s
+    accuracy: a qa row's references are its answer); caption / chat -> {"cider", "rouge_l"}, CIDEr-D's document
+    frequencies taken over the rows of the same task, so the mean is score()'s CIDEr. BLEU is corpus-level only."""
+    out: list[dict[str, float]] = [{} for _ in records]
+    for task in sorted({r["task"] for r in records}):
+        idx = [i for i, r in enumerate(records) if r["task"] == task]
+        preds, refs = [records[i]["prediction"] for i in idx], [records[i]["references"] for i in idx]
+        if task == "qa":
+            hits = [any(normalize(p) == normalize(r) for r in rs) for p, rs in zip(preds, refs, strict=True)]
+            scores = [{"exact_match": float(h)} for h in hits]
+        else:
+            pairs = zip(cider_scores(preds, refs), rouge_l_scores(preds, refs), strict=True)
+            scores = [{"cider": c, "rouge_l": r} for c, r in pairs]
+        for i, s in zip(idx, scores, strict=True):
+            out[i] = s
     return out
 
 

@@ -1,4 +1,6 @@
-"""A static HTML gallery of examples: images side by side, sentence, label, categories and each run's answer.
+"""A static HTML gallery of examples: images side by side, sentence, label, categories and each run's answer; or,
+for a composed VLM's rows (GalleryItem.text), the images, the question, the references and each run's generated text
+with its score.
 
 Every piece of text on the page goes through html.escape; image files are named from sanitized uids
 (utils.file_names), or the images are embedded as data URIs so the page is one self-contained file.
@@ -35,14 +37,28 @@ figure img.small { width: 224px; image-rendering: pixelated; }
 .sentence { font-size: 1.1rem; margin: 0.6rem 0 0.3rem; }
 table { border-collapse: collapse; } td, th { padding: 0.15rem 0.6rem; text-align: left; }
 tr.right td:last-child { color: #080; } tr.wrong td:last-child { color: #b00; }
+.turn { color: #555; margin: 0.2rem 0; } ol.references { margin: 0.2rem 0 0.6rem; }
 """
+
+
+SCORE_NAMES = {"exact_match": "exact match", "cider": "CIDEr-D", "rouge_l": "ROUGE-L"}  # training/vlm_eval.row_scores
+
+
+@dataclass
+class GeneratedText:
+    """A generated-text row (a composed VLM's caption, question or chat turn): how it is scored and against what."""
+
+    task: str  # caption | qa | chat
+    references: list[str]
+    history: list[dict] = field(default_factory=list)  # earlier chat turns, {"role", "content"}
 
 
 @dataclass
 class GalleryItem:
-    example: Example
+    example: Example  # with text: the user turn as its sentence, label None
     categories: list[str] = field(default_factory=list)
     answers: list[tuple[str, dict | None]] = field(default_factory=list)  # (run name, its record or None)
+    text: GeneratedText | None = None  # None: a True/False item (answers hold prediction, p_true)
 
 
 def _side(index: int, count: int) -> str:
@@ -83,6 +99,46 @@ def _answer_row(run: str, record: dict | None, label: bool | None) -> str:
     return f'<tr class="{css}">{tds}</tr>'
 
 
+def _label_parts(item: GalleryItem) -> list[str]:
+    """The sentence, the label and each run's prediction with p_true."""
+    ex = item.example
+    label = "unlabeled" if ex.label is None else str(ex.label)
+    parts = [f'<p class="sentence">{escape(ex.sentence)}</p>', f'<p class="label">label: <b>{escape(label)}</b></p>']
+    if item.answers:
+        head = "<tr><th>run</th><th>prediction</th><th>p_true</th><th></th></tr>"
+        rows = "".join(_answer_row(run, rec, ex.label) for run, rec in item.answers)
+        parts.append(f'<table class="runs">{head}{rows}</table>')
+    return parts
+
+
+def _text_row(run: str, record: dict | None) -> str:
+    """A generated-text run's row: its text and per-row scores (a question right or wrong by exact match)."""
+    if record is None:
+        cells, css = ("no prediction", ""), ""
+    else:
+        scores = record.get("scores") or {}
+        shown = ", ".join(f"{SCORE_NAMES.get(k, k)} {v:.3g}" for k, v in scores.items())
+        cells = (record["prediction"] or "(empty)", shown)
+        em = scores.get("exact_match")
+        css = "" if em is None else ("right" if em == 1 else "wrong")
+    tds = "".join(f"<td>{escape(c)}</td>" for c in (run, *cells))
+    return f'<tr class="{css}">{tds}</tr>'
+
+
+def _text_parts(item: GalleryItem) -> list[str]:
+    """Earlier turns, the user turn, the references and each run's generated text."""
+    text, ex = item.text, item.example
+    parts = [f'<p class="turn">{escape(t["role"])}: {escape(t["content"])}</p>' for t in text.history]
+    parts.append(f'<p class="sentence">{"prompt" if text.task == "caption" else "question"}: {escape(ex.sentence)}</p>')
+    refs = "".join(f"<li>{escape(r)}</li>" for r in text.references)
+    parts.append(f'<p class="label">references ({len(text.references)}):</p><ol class="references">{refs}</ol>')
+    if item.answers:
+        head = "<tr><th>run</th><th>generated</th><th>score</th></tr>"
+        rows = "".join(_text_row(run, rec) for run, rec in item.answers)
+        parts.append(f'<table class="runs">{head}{rows}</table>')
+    return parts
+
+
 def render_item(item: GalleryItem, sources: Sequence[str]) -> str:
     ex = item.example
     tags = "".join(f'<span class="tag">{escape(c)}</span>' for c in item.categories)
@@ -95,18 +151,12 @@ def render_item(item: GalleryItem, sources: Sequence[str]) -> str:
             f'<figure><img src="{escape(src)}" alt="{alt}"{small}>'
             f"<figcaption>{escape(side)} ({image.size[0]}x{image.size[1]})</figcaption></figure>"
         )
-    label = "unlabeled" if ex.label is None else str(ex.label)
     parts = [
         f'<section class="example" id="{escape(safe_stem(ex.uid))}">',
         f"<h2><code>{escape(ex.uid)}</code>{tags}</h2>",
         f'<div class="pair">{"".join(figures)}</div>',
-        f'<p class="sentence">{escape(ex.sentence)}</p>',
-        f'<p class="label">label: <b>{escape(label)}</b></p>',
+        *(_text_parts(item) if item.text is not None else _label_parts(item)),
     ]
-    if item.answers:
-        head = "<tr><th>run</th><th>prediction</th><th>p_true</th><th></th></tr>"
-        rows = "".join(_answer_row(run, rec, ex.label) for run, rec in item.answers)
-        parts.append(f'<table class="runs">{head}{rows}</table>')
     parts.append("</section>")
     return "\n".join(parts)
 

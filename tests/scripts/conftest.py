@@ -3,9 +3,11 @@ and sentence hold characters that must never reach a file name or the HTML unesc
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 import yaml
 from PIL import Image
@@ -70,4 +72,65 @@ def odd_manifest(tmp_path, isolated_artifacts) -> Path:
         {"uid": ODD_UID, "images": ["left.jpg", "right.png"], "sentence": ODD_SENTENCE, "label": False} | nlvr2_fields,
     ]
     (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+# ---- composed-VLM runs (training/train_vlm.py) for the gallery's generated-text pages --------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def composed_vlm(tmp_path_factory) -> Path:
+    """A composed GPT-2v (training/compose.py) at toy size, random init, saved as training/train_vlm.py loads it."""
+    from training.compose import ComposeArguments, build, save
+
+    out = tmp_path_factory.mktemp("tiny-gpt2v")
+    vision = dict(model_type="clip_vision_model", image_size=56, patch_size=28, hidden_size=32, intermediate_size=64,
+                  num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+    text = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=128)
+    args = ComposeArguments(vision_config=vision, text_config=text, vision_feature_layer=-1, tokenizer_vocab_size=300,
+                            output_dir=str(out))  # fmt: skip
+    return save(*build(args), out, args)
+
+
+def _train_vlm_run(model_dir: Path, out_dir: Path, root: Path, **fields) -> Path:
+    """training/train_vlm.py's main in this process: the embedded stage-1 recipe, two steps, `fields` overriding it;
+    returns the run folder (predictions.jsonl, summary.json, run_record.json beside the model)."""
+    from training.train_vlm import main, make_parser
+
+    fields = dict(model_name_or_path=model_dir, output_dir=out_dir, max_steps=2, per_device_train_batch_size=4,
+                  vlm_eval_before="false", vlm_eval_max_new_tokens=6, warmup_steps=0, logging_steps=1,
+                  report_to="none", save_strategy="no", **fields)  # fmt: skip
+    argv = ["--config", str(REPO / "training/configs/compose/gpt2v_embedded_stage1.yaml")]
+    argv += [x for k, v in fields.items() for x in (f"--{k}", str(v))]
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped callers: no function-scoped monkeypatch
+        mp.setenv("VLM_STUDIES_ROOT", str(root / "artifacts"))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf_datasets"))
+        main(*make_parser().parse_args_and_config(argv))
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def train_vlm_run(composed_vlm):
+    """train_vlm_run(out_dir, root, **fields): a two-step train_vlm run of the composed toy model (root: its
+    artifact root); returns the run folder."""
+    return functools.partial(_train_vlm_run, composed_vlm)
+
+
+@pytest.fixture(scope="module")
+def caption_run(train_vlm_run, tmp_path_factory) -> Path:
+    """A train_vlm run evaluated on 6 synthetic rows, captions and questions alternating (uids capsyn_eval-0..5)."""
+    tmp = tmp_path_factory.mktemp("caption-run")
+    return train_vlm_run(tmp / "gpt2v-mixed", tmp, synthetic_task="mixed", synthetic_train_size=16,
+                         synthetic_eval_size=6, synthetic_seed=3)  # fmt: skip
+
+
+@pytest.fixture
+def caption_run_copy(caption_run, tmp_path) -> Path:
+    """The run's record files in a folder of this test's own, free to edit (the model stays behind)."""
+    folder = tmp_path / "runs" / caption_run.name
+    folder.mkdir(parents=True)
+    for name in ("predictions.jsonl", "run_record.json", "summary.json"):
+        (folder / name).write_bytes((caption_run / name).read_bytes())
     return folder

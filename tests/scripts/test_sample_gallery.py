@@ -1,5 +1,8 @@
 """The gallery: each way of choosing uids on fixture runs, escaping of hostile text, file names from odd uids, and
-a headless Chromium rendering in which every image loads and the sentence shows as text."""
+a headless Chromium rendering in which every image loads and the sentence shows as text. Composed-VLM runs (real
+training/train_vlm.py runs of two steps): generated text, references, per-row scores and the images of the data their
+run_record.json names (synthetic by seed, COCO layout, LLaVA JSON, a hub-style parquet folder), and the errors for
+rows that data lacks."""
 
 from __future__ import annotations
 
@@ -8,13 +11,20 @@ import os
 import re
 import shutil
 import subprocess
+from html import escape
 from pathlib import Path
 
+import datasets
 import pytest
 from PIL import Image
 
+from evals.prediction_files import read_generated
 from scripts import sample_gallery
+from utils.caption_runs import load_caption_run
+from utils.example_lookup import random_draw
+from utils.file_names import safe_stem
 from utils.uid_cache import UidCache
+from vlm_datasets.captions import synthetic_rows
 from vlm_datasets.errors import DataError
 
 
@@ -182,3 +192,166 @@ def test_gallery_renders_in_headless_chromium(odd_manifest, tmp_path, embed):
         # the fixture's red (200, 30, 30) and blue (30, 60, 220) images are on screen
         assert any(n > 500 and abs(c[0] - 200) < 40 and c[1] < 80 and c[2] < 80 for n, c in colors)
         assert any(n > 500 and c[0] < 80 and c[2] > 180 for n, c in colors)
+
+
+# ---- composed-VLM runs (training/train_vlm.py): generated text, references, per-row scores ---------------------------
+
+
+def generated(run: Path) -> dict[str, dict]:
+    return {r["uid"]: r for r in read_generated(run / "predictions.jsonl")}
+
+
+def section(html: str, uid: str) -> str:
+    """The page's section for one uid."""
+    start = html.index(f'<section class="example" id="{safe_stem(uid)}">')
+    return html[start : html.index("</section>", start)]
+
+
+def shown_image(out: Path, part: str) -> bytes:
+    (src,) = re.findall(r'src="([^"]+)"', part)
+    with Image.open(out / src) as im:
+        return im.convert("RGB").tobytes()
+
+
+def test_caption_run_shows_its_images_generated_text_references_and_scores(caption_run_copy, tmp_path):
+    run, out = caption_run_copy, tmp_path / "g"
+    records = generated(run)
+    rows = {r["uid"]: r for r in synthetic_rows(6, 3, "eval", "mixed")}  # the data its run_record.json names: seed 3
+    picked = ["capsyn_eval-3", "capsyn_eval-0"]  # a question, a caption
+    page = sample_gallery.main(run=[run], uid=picked, out=out)
+    html = page.read_text()
+    assert chosen(page) == picked and "synthetic mixed, seed 3, 6 rows" in html
+    for uid in picked:
+        part, rec, row = section(html, uid), records[uid], rows[uid]
+        assert f"<td>{escape(rec['prediction'] or '(empty)')}</td>" in part
+        assert all(f"<li>{escape(r)}</li>" in part for r in rec["references"])
+        assert escape(row["question"]) in part and f'<span class="tag">{row["task"]}</span>' in part
+        assert shown_image(out, part) == row["images"][0].convert("RGB").tobytes()  # the image the run was shown
+    other_seed = next(r for r in synthetic_rows(6, 0, "eval", "mixed") if r["uid"] == "capsyn_eval-0")
+    assert other_seed["images"][0].tobytes() != rows["capsyn_eval-0"]["images"][0].tobytes()  # the seed mattered
+    assert re.search(r"exact match [01]</td>", section(html, "capsyn_eval-3"))
+    assert re.search(r"CIDEr-D [0-9.e-]+, ROUGE-L [0-9.e-]+</td>", section(html, "capsyn_eval-0"))
+
+
+def test_per_row_scores_average_to_the_runs_summary(caption_run):
+    run = load_caption_run(caption_run)
+    tasks = json.loads((caption_run / "summary.json").read_text())["after"]["tasks"]
+    captions = [r["scores"]["cider"] for r in run.records.values() if r["task"] == "caption"]
+    questions = [r["scores"]["exact_match"] for r in run.records.values() if r["task"] == "qa"]
+    assert sum(captions) / len(captions) == pytest.approx(tasks["caption"]["cider"], abs=1e-12)
+    assert sum(questions) / len(questions) == pytest.approx(tasks["qa"]["accuracy"])
+
+
+def test_caption_run_random_draw_uids_and_worst_first(caption_run_copy, tmp_path):
+    run = caption_run_copy
+
+    def pick(**kw):
+        return chosen(sample_gallery.main(run=[run], out=tmp_path / "g", **kw))
+
+    uids = list(generated(run))
+    assert pick() == uids  # every row, in the run's order
+    assert pick(n_random=3, seed=1) == random_draw(uids, 3, 1) == pick(n_random=3, seed=1)
+    assert pick(uid=["capsyn_eval-5", "capsyn_eval-2"]) == ["capsyn_eval-5", "capsyn_eval-2"]
+    # capsyn_eval-2's caption made perfect, capsyn_eval-1's answer made right: the caption sorts last, the answer goes
+    records = generated(run)
+    for u in ("capsyn_eval-2", "capsyn_eval-1"):
+        records[u]["prediction"] = records[u]["references"][0]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+    worst, scored = pick(wrong_only=True), load_caption_run(run).records
+    assert sorted(worst) == sorted(set(uids) - {"capsyn_eval-1"}) and worst[-1] == "capsyn_eval-2"
+    assert [scored[u]["score"] for u in worst] == sorted(scored[u]["score"] for u in worst)
+    captions = [u for u in worst if scored[u]["task"] == "caption"]
+    assert pick(wrong_only=True, category=["caption"]) == captions
+    assert pick(wrong_only=True, category=["caption"], limit=2) == captions[:2]
+    assert pick(wrong_only=True, category=["qa"]) == ["capsyn_eval-3", "capsyn_eval-5"]
+
+
+def test_caption_run_refusals(caption_run_copy, runs, tmp_path):
+    run, predictions = caption_run_copy, caption_run_copy / "predictions.jsonl"
+    with pytest.raises(ValueError, match="--config, --flip: not with train_vlm runs"):
+        sample_gallery.main(run=[run], config=tmp_path / "data.yaml", flip="wrong_to_right")
+    with pytest.raises(ValueError, match="do not mix"):
+        sample_gallery.main(run=[run, runs[0]])
+    with pytest.raises(DataError, match=f"{re.escape(str(predictions))}: uid 'nope' not found"):
+        sample_gallery.main(run=[run], uid=["nope"])
+    extra = {"uid": "capsyn_eval-99", "task": "qa", "prediction": "two", "references": ["two"]}
+    predictions.write_text(predictions.read_text() + json.dumps(extra) + "\n")
+    message = "uid 'capsyn_eval-99' not found in the evaluation data run_record.json names: synthetic mixed, seed 3"
+    with pytest.raises(DataError, match=f"^{re.escape(f'{predictions}: {message}')}"):
+        sample_gallery.main(run=[run], out=tmp_path / "g")
+    record = json.loads((run / "run_record.json").read_text())  # the run said it evaluated on other scenes
+    record["config"]["CaptionDataArguments"]["synthetic_seed"] = 4
+    (run / "run_record.json").write_text(json.dumps(record))
+    with pytest.raises(DataError, match=r"uid capsyn_eval-0: references differ from those of synthetic mixed, seed 4"):
+        sample_gallery.main(run=[run], uid=["capsyn_eval-0"], out=tmp_path / "g")
+
+
+COLORS = [(200, 30, 30), (30, 160, 40), (30, 60, 220), (220, 200, 40)]
+
+
+def write_caption_sources(folder: Path) -> None:
+    """Four 64x48 images of one colour each, captioned in COCO's layout (captions.json), LLaVA's (chat.json) and as a
+    hub dataset's parquet split (mirror/validation.parquet: image + captions columns)."""
+    (folder / "img").mkdir(parents=True)
+    for i, color in enumerate(COLORS, 1):
+        Image.new("RGB", (64, 48), color).save(folder / "img" / f"{i}.png")
+    coco = {
+        "images": [{"id": i, "file_name": f"{i}.png"} for i in range(1, 5)],
+        "annotations": [{"image_id": i, "caption": f"Picture {i}, {kind} <view>."} for i in range(1, 5)
+                        for kind in ("a flat", "an even")],
+    }  # fmt: skip
+    chat = [
+        {"id": "a", "image": "1.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "Is it bright?"}, {"from": "gpt", "value": "Fairly & evenly."}]},
+        *({"id": k, "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": f"Colour {i}."}]}
+          for k, i in (("b", 2), ("c", 3), ("d", 4))),
+    ]  # fmt: skip
+    (folder / "captions.json").write_text(json.dumps(coco))
+    (folder / "chat.json").write_text(json.dumps(chat))
+    features = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
+    hub = {"image": [str(folder / "img" / f"{i}.png") for i in range(1, 5)],
+           "captions": [[f"Colour {i} & nothing else."] for i in range(1, 5)]}  # fmt: skip
+    (folder / "mirror").mkdir()
+    datasets.Dataset.from_dict(hub, features=features).to_parquet(str(folder / "mirror" / "validation.parquet"))
+
+
+def source_fields(source: str, data: Path) -> dict:
+    """train_vlm fields for each source; no separate evaluation data: the first 2 images are held out (rows capped)."""
+    if source == "hub":  # a local folder read as the hub path reads a mirror; train split = eval split
+        return dict(dataset_name=data / "mirror", dataset_train_split="validation", dataset_eval_split="validation")
+    return dict(
+        data_file=data / {"coco": "captions.json", "llava_json": "chat.json"}[source], image_folder=data / "img"
+    )
+
+
+@pytest.mark.parametrize("source", ["coco", "llava_json", "hub"])
+def test_coco_llava_and_hub_runs_show_the_images_they_evaluated_on(train_vlm_run, tmp_path, isolated_artifacts, source):
+    data = tmp_path / "data"
+    write_caption_sources(data)
+    run = train_vlm_run(tmp_path / "run", tmp_path, dataset_source=source, max_eval_examples=2,
+                        **source_fields(source, data))  # fmt: skip
+    out = tmp_path / "g"
+    html = sample_gallery.main(run=[run], out=out).read_text()
+    images = {  # uid -> the image file of the held-out rows
+        "coco": {"coco-1": "1.png", "coco-2": "2.png"},
+        "llava_json": {"llava-a-0": "1.png", "llava-a-1": "1.png"},
+        "hub": {f"{data / 'mirror'}:validation:0-0": "1.png", f"{data / 'mirror'}:validation:1-0": "2.png"},
+    }[source]
+    records = generated(run)
+    assert list(records) == list(images) == chosen(out / "index.html")
+    for uid, rec in records.items():
+        part = section(html, uid)
+        with Image.open(data / "img" / images[uid]) as im:
+            assert shown_image(out, part) == im.convert("RGB").tobytes()
+        assert all(f"<li>{escape(r)}</li>" in part for r in rec["references"])
+        assert f"<td>{escape(rec['prediction'] or '(empty)')}</td>" in part and "CIDEr-D" in part
+    if source == "coco":  # one row per image, every caption a reference
+        assert "<li>Picture 2, an even &lt;view&gt;.</li>" in section(html, "coco-2")
+    elif source == "llava_json":  # the second turn: the first as history, then its question
+        part = section(html, "llava-a-1")
+        assert '<p class="turn">user: What colour is it?</p>' in part and "assistant: Red." in part
+        assert "question: Is it bright?" in part and "<li>Fairly &amp; evenly.</li>" in part
+    else:  # streamed again from the folder; the caption column as references
+        assert "<li>Colour 2 &amp; nothing else.</li>" in section(html, f"{data / 'mirror'}:validation:1-0")
