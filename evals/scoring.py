@@ -21,16 +21,45 @@ class Scored:
     raw: str | None = None  # generated text (generation scoring only)
 
 
-def answer_token_ids(tokenizer, template: PromptTemplate) -> tuple[int, int]:
-    """First token of each answer; they must differ so one forward pass over the prompt scores both."""
-    ids = [tokenizer(a, add_special_tokens=False).input_ids[0] for a in template.answers]
-    if ids[0] == ids[1]:
-        raise ValueError(f"answers {template.answers} share their first token; likelihood scoring needs them distinct")
-    return ids[0], ids[1]
+@dataclass(frozen=True)
+class AnswerTokens:
+    prefix: str  # what both answers start with after the assistant header (" " after a plain "ASSISTANT:")
+    true_id: int  # the first token where the two answers differ
+    false_id: int
 
 
-def _prompts(processor, examples: list[Example], template: PromptTemplate):
-    texts = [render(processor, {"prompt": to_conversation(ex, template)["prompt"]})[0] for ex in examples]
+def answer_tokens(processor, template: PromptTemplate) -> AnswerTokens:
+    """The answers as training tokenizes them: rendered by the chat template after the assistant header, tokenized
+    with the prompt. Likelihood scoring appends their common prefix to the prompt and compares the first tokens where
+    they differ, so one forward pass over the prompt scores both."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    heads, answers = [], []
+    for answer in template.answers:
+        row = {
+            "prompt": [{"role": "user", "content": [{"type": "text", "text": "?"}]}],
+            "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+        }
+        prompt, completion = render(processor, row)
+        head = tokenizer(prompt, add_special_tokens=False).input_ids
+        full = tokenizer(prompt + completion, add_special_tokens=False).input_ids
+        if full[: len(head)] != head:
+            raise ValueError(f"answer {answer!r}: the chat template's prompt and answer do not tokenize apart")
+        heads.append((prompt, head))
+        answers.append(full[len(head) :])
+    a, b = answers
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+    if n is None:
+        raise ValueError(f"answers {template.answers}: one tokenizes as the start of the other; likelihood scoring "
+                         "needs them to differ in a token")  # fmt: skip
+    prefix = tokenizer.decode(a[:n])
+    prompt, head = heads[0]
+    if tokenizer(prompt + prefix, add_special_tokens=False).input_ids != head + a[:n]:
+        raise ValueError(f"answers {template.answers}: their common start {prefix!r} tokenizes differently alone")
+    return AnswerTokens(prefix, a[n], b[n])
+
+
+def _prompts(processor, examples: list[Example], template: PromptTemplate, suffix: str = ""):
+    texts = [render(processor, {"prompt": to_conversation(ex, template)["prompt"]})[0] + suffix for ex in examples]
     return processor(
         images=[ex.images for ex in examples],
         text=texts,
@@ -43,11 +72,12 @@ def _prompts(processor, examples: list[Example], template: PromptTemplate):
 
 @torch.inference_mode()
 def score_likelihood(model, processor, examples: list[Example], template: PromptTemplate) -> list[Scored]:
-    """One forward pass per batch; p_true = softmax over the two answers' first-token logits at the last position."""
-    true_id, false_id = answer_token_ids(processor.tokenizer, template)
-    batch = _prompts(processor, examples, template).to(model.device)
+    """One forward pass per batch; p_true = softmax over the logits of the two answers' first differing tokens at
+    the last position (after their common prefix, if any)."""
+    answer = answer_tokens(processor, template)
+    batch = _prompts(processor, examples, template, suffix=answer.prefix).to(model.device)
     logits = model(**batch, logits_to_keep=1).logits[:, -1]  # [B, V]
-    pair = torch.stack([logits[:, true_id], logits[:, false_id]], dim=-1).float()  # [B, 2]
+    pair = torch.stack([logits[:, answer.true_id], logits[:, answer.false_id]], dim=-1).float()  # [B, 2]
     p_true = pair.softmax(-1)[:, 0].tolist()
     return [Scored(ex.uid, p, p >= 0.5) for ex, p in zip(examples, p_true, strict=True)]
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText
 
 from evals import finetuned
 from evals.evaluate import make_parser as eval_parser
-from evals.scoring import answer_token_ids
+from evals.scoring import answer_tokens
 from training.collators import IGNORE_INDEX
 from training.compose import ComposeArguments, build, save
 from training.models import LabModelArguments, language_model, load_model, lora_targets, vision_modules
@@ -88,7 +88,8 @@ def test_composed_gpt2v_trains_with_sft_and_evaluates_with_finetuned(gpt2v, tmp_
         assert batch["labels"][i, kept].tolist() == answer == batch["input_ids"][i, kept].tolist()
         assert row["image_tokens"] == 4 * len(row["images"])  # 2x2 patches per image, CLS dropped
     assert int((batch["input_ids"] == processor.image_token_id).sum()) == sum(r["image_tokens"] for r in rows)
-    assert len(set(answer_token_ids(tok, template))) == 2  # likelihood scoring: distinct first answer tokens
+    answer = answer_tokens(processor, template)  # likelihood scoring: the first tokens after the header differ
+    assert answer.prefix == "" and answer.true_id != answer.false_id
 
     out = tmp_path / "eval"
     eval_args = eval_parser().parse_args_and_config(
@@ -104,3 +105,28 @@ def test_composed_gpt2v_trains_with_sft_and_evaluates_with_finetuned(gpt2v, tmp_
     assert [p["label"] for p in preds] == [ex.label for ex in expected]
     assert all(0.0 <= p["p_true"] <= 1.0 and p["prediction"] == (p["p_true"] >= 0.5) for p in preds)
     assert metrics["n"] == 8 and metrics["adapter"] == str(run)
+
+
+@pytest.mark.parametrize("chat_format", ["chatml", "plain"])
+def test_likelihood_scoring_reads_the_answer_token_training_labels(chat_format, tmp_path):
+    """The plain format renders "ASSISTANT: True": the labelled token is " True", not the bare "True"."""
+    from transformers import AutoProcessor
+
+    from training.collators import PromptCompletionCollator
+    from vlm_datasets.prompts import to_conversation
+
+    args = ComposeArguments(vision_config=VISION, text_config=GPT2, vision_feature_layer=-1, tokenizer_vocab_size=300,
+                            chat_format=chat_format, output_dir=str(tmp_path))  # fmt: skip
+    processor = AutoProcessor.from_pretrained(save(*build(args), tmp_path, args))
+    template = get_template("nlvr2_labeled_images")
+    examples = list(generate("train", 4, seed=0))
+    rows = [to_conversation(ex, template) for ex in examples]
+    batch = PromptCompletionCollator(processor)(rows)
+    answer = answer_tokens(processor, template)
+    skip = len(processor.tokenizer(answer.prefix, add_special_tokens=False).input_ids) if answer.prefix else 0
+    for i, ex in enumerate(examples):
+        labelled = batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist()
+        assert labelled[skip] == (answer.true_id if ex.label else answer.false_id)
+    # chatml: the bare answer's first token; plain: "ASSISTANT: True" (this tiny vocabulary: a space token first)
+    assert (answer.prefix == "") == (chat_format == "chatml")
+    assert answer.prefix.strip() == ""
