@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from trl import ModelConfig
 
 from evals.evaluate import EvalArguments, load_for_eval, make_parser
-from evals.scoring import batches_by_length, score_generate, score_likelihood
+from evals.scoring import batches_by_length, prompts, score_generate, score_likelihood
 from training.models import LabModelArguments
 from training.run_record import library_versions, write_json_atomic
 from vlm_datasets.config import DataArguments
@@ -31,14 +31,18 @@ from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
 
-def _timed(name: str, score, examples, batch_size: int) -> tuple[dict, float]:
+def _timed(name: str, scoring: str, score, processor, template, examples, batch_size: int) -> tuple[dict, float, float]:
+    """(results by uid, seconds preparing the prompts, seconds in the model) over batches grouped by length."""
     batches = list(batches_by_length(examples, batch_size))
-    score(batches[0])  # warm-up: first-call allocations and lazy initialisation stay out of the figure
-    start = time.perf_counter()
-    results = {}
+    score(batches[0], prompts(processor, batches[0], template, scoring))  # warm-up: lazy initialisation left out
+    results, t_prep, t_model = {}, 0.0, 0.0
     for batch in tqdm(batches, desc=name, unit="batch"):
-        results.update({r.uid: r for r in score(batch)})
-    return results, time.perf_counter() - start
+        start = time.perf_counter()
+        inputs = prompts(processor, batch, template, scoring)
+        middle = time.perf_counter()
+        results.update({r.uid: r for r in score(batch, inputs)})
+        t_prep, t_model = t_prep + middle - start, t_model + time.perf_counter() - middle
+    return results, t_prep, t_model
 
 
 def main(
@@ -51,15 +55,25 @@ def main(
     model, processor = load_for_eval(eval_args, data_args, model_args, lab_args or LabModelArguments())
     split = data_args.dataset_eval_split
     examples = list(iter_examples(load_split(data_args, split, limit=data_args.max_eval_examples)))
-    likelihood, t_lik = _timed(
-        "likelihood", lambda b: score_likelihood(model, processor, b, template), examples, eval_args.batch_size
-    )
-    generated, t_gen = _timed(
-        "generate",
-        lambda b: score_generate(model, processor, b, template, eval_args.max_new_tokens),
+    likelihood, prep_lik, model_lik = _timed(
+        "likelihood",
+        "likelihood",
+        lambda b, x: score_likelihood(model, processor, b, template, inputs=x),
+        processor,
+        template,
         examples,
         eval_args.batch_size,
     )
+    generated, prep_gen, model_gen = _timed(
+        "generate",
+        "generate",
+        lambda b, x: score_generate(model, processor, b, template, eval_args.max_new_tokens, inputs=x),
+        processor,
+        template,
+        examples,
+        eval_args.batch_size,
+    )
+    t_lik, t_gen = prep_lik + model_lik, prep_gen + model_gen
     parsed = [u for u, r in generated.items() if r.prediction is not None]
     same = sum(generated[u].prediction == likelihood[u].prediction for u in parsed)
     result = {
@@ -72,6 +86,10 @@ def main(
         "likelihood_examples_per_second": len(examples) / t_lik,
         "generate_examples_per_second": len(examples) / t_gen,
         "speedup": t_gen / t_lik,
+        "seconds": {
+            "likelihood": {"prompts": prep_lik, "model": model_lik},
+            "generate": {"prompts": prep_gen, "model": model_gen},
+        },
         "generate_parsed": len(parsed),
         "identical_where_parsed": same,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor()})",
@@ -84,6 +102,10 @@ def main(
     print(f"{'generate':14}{result['generate_examples_per_second']:>12.1f}")
     print(
         f"generated answers parsed: {len(parsed)}/{len(examples)}; same prediction as likelihood: {same}/{len(parsed)}"
+    )
+    print(
+        f"seconds in prompts (chat template + image processor) / in the model: likelihood {prep_lik:.2f} / "
+        f"{model_lik:.2f} (one forward pass), generate {prep_gen:.2f} / {model_gen:.2f} (forward + decoding)"
     )
     print(f"speedup: {result['speedup']:.1f}")
     return result

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from transformers import BatchFeature
 
 from training.collators import render
 from vlm_datasets.example import Example
@@ -58,7 +59,10 @@ def answer_tokens(processor, template: PromptTemplate) -> AnswerTokens:
     return AnswerTokens(prefix, a[n], b[n])
 
 
-def _prompts(processor, examples: list[Example], template: PromptTemplate, suffix: str = ""):
+def prompts(processor, examples: list[Example], template: PromptTemplate, scoring: str) -> BatchFeature:
+    """The model inputs of a batch (chat template + image processor, left padded); for likelihood scoring the
+    prompts end with the answers' common start."""
+    suffix = answer_tokens(processor, template).prefix if scoring == "likelihood" else ""
     texts = [render(processor, {"prompt": to_conversation(ex, template)["prompt"]})[0] + suffix for ex in examples]
     return processor(
         images=[ex.images for ex in examples],
@@ -71,11 +75,13 @@ def _prompts(processor, examples: list[Example], template: PromptTemplate, suffi
 
 
 @torch.inference_mode()
-def score_likelihood(model, processor, examples: list[Example], template: PromptTemplate) -> list[Scored]:
+def score_likelihood(
+    model, processor, examples: list[Example], template: PromptTemplate, inputs: BatchFeature | None = None
+) -> list[Scored]:
     """One forward pass per batch; p_true = softmax over the logits of the two answers' first differing tokens at
     the last position (after their common prefix, if any)."""
     answer = answer_tokens(processor, template)
-    batch = _prompts(processor, examples, template, suffix=answer.prefix).to(model.device)
+    batch = (inputs if inputs is not None else prompts(processor, examples, template, "likelihood")).to(model.device)
     logits = model(**batch, logits_to_keep=1).logits[:, -1]  # [B, V]
     pair = torch.stack([logits[:, answer.true_id], logits[:, answer.false_id]], dim=-1).float()  # [B, 2]
     p_true = pair.softmax(-1)[:, 0].tolist()
@@ -84,10 +90,15 @@ def score_likelihood(model, processor, examples: list[Example], template: Prompt
 
 @torch.inference_mode()
 def score_generate(
-    model, processor, examples: list[Example], template: PromptTemplate, max_new_tokens: int = 8
+    model,
+    processor,
+    examples: list[Example],
+    template: PromptTemplate,
+    max_new_tokens: int = 8,
+    inputs: BatchFeature | None = None,
 ) -> list[Scored]:
     """Greedy generation with left padding, then `parse_answer`; unparseable answers get prediction None."""
-    batch = _prompts(processor, examples, template).to(model.device)
+    batch = (inputs if inputs is not None else prompts(processor, examples, template, "generate")).to(model.device)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
     texts = processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     results = []
