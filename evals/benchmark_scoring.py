@@ -7,6 +7,10 @@ their agreement wherever the generated answer parses, and `speedup: X` as the la
 # Embedded default: base + the demo's LoRA adapter (answers parse), the held-out synthetic split
 python evals/benchmark_scoring.py --config evals/configs/embedded_finetuned.yaml --adapter_path artifacts/demo/lora
 
+# Generation one example per call (as harnesses that do not batch generation run it), likelihood in batches of 64
+python evals/benchmark_scoring.py --config evals/configs/embedded_finetuned.yaml --adapter_path artifacts/demo/lora \
+    --generate_batch_size 1
+
 # Qwen2-VL-2B zero-shot on the first 512 NLVR2 dev examples (a GPU)
 python evals/benchmark_scoring.py --config evals/configs/qwen2vl_2b_zero_shot.yaml --max_eval_examples 512
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +34,13 @@ from training.run_record import library_versions, write_json_atomic
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template
+
+
+@dataclass
+class BenchmarkArguments:
+    generate_batch_size: int | None = field(
+        default=None, metadata={"help": "Examples per generate() call (default: batch_size, as likelihood scoring)."}
+    )
 
 
 def _timed(name: str, scoring: str, score, processor, template, examples, batch_size: int) -> tuple[dict, float, float]:
@@ -50,8 +62,10 @@ def main(
     data_args: DataArguments,
     model_args: ModelConfig,
     lab_args: LabModelArguments | None = None,
+    bench_args: BenchmarkArguments | None = None,
 ) -> dict:
     template = get_template(data_args.prompt_template)
+    generate_batch_size = (bench_args or BenchmarkArguments()).generate_batch_size or eval_args.batch_size
     model, processor = load_for_eval(eval_args, data_args, model_args, lab_args or LabModelArguments())
     split = data_args.dataset_eval_split
     examples = list(iter_examples(load_split(data_args, split, limit=data_args.max_eval_examples)))
@@ -71,7 +85,7 @@ def main(
         processor,
         template,
         examples,
-        eval_args.batch_size,
+        generate_batch_size,
     )
     t_lik, t_gen = prep_lik + model_lik, prep_gen + model_gen
     parsed = [u for u, r in generated.items() if r.prediction is not None]
@@ -82,6 +96,7 @@ def main(
         "model": model_args.model_name_or_path,
         "adapter": eval_args.adapter_path,
         "batch_size": eval_args.batch_size,
+        "generate_batch_size": generate_batch_size,
         "max_new_tokens": eval_args.max_new_tokens,
         "likelihood_examples_per_second": len(examples) / t_lik,
         "generate_examples_per_second": len(examples) / t_gen,
@@ -113,4 +128,7 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    main(*make_parser().parse_args_and_config())
+    from trl import TrlParser
+
+    parser = TrlParser((*make_parser().dataclass_types, BenchmarkArguments))
+    main(*parser.parse_args_and_config())
