@@ -13,6 +13,10 @@ OMP_NUM_THREADS=1 python scripts/benchmark_training.py --config training/configs
     --max_steps 40 --repeats 2 --synthetic_train_size 4096 --loading_examples 0 --memory_steps 0 \
     --variants per_batch_render,all_positions_head,workers,group_by_length,eager_attention,bf16_autocast --use_cpu true
 
+# The vision feature cache (training/vision_cache.py, on in the lab's default): without it, and filled at setup
+OMP_NUM_THREADS=1 python scripts/benchmark_training.py --config training/configs/embedded_lora.yaml \
+    --max_steps 40 --repeats 2 --loading_examples 0 --memory_steps 0 --variants no_vision_cache,vision_cache_precompute
+
 # Another model folder, e.g. an untrained one of the same architecture
 python scripts/benchmark_training.py --config training/configs/embedded_lora.yaml --model_name_or_path /tmp/untrained
 """
@@ -42,8 +46,11 @@ from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
 
-# Lab variants (--variants): SFTConfig / ModelConfig overrides, or the per-batch collator the lab used before.
+# Lab variants (--variants): SFTConfig / ModelConfig / LabModelArguments overrides, or the per-batch collator the lab
+# used before.
 VARIANTS = {
+    "no_vision_cache": {"vision_feature_cache": "false"},  # the frozen vision tower run on every image of every step
+    "vision_cache_precompute": {"vision_feature_cache_precompute": True},  # cache filled at setup (in setup_s)
     "per_batch_render": {"collator": "example"},  # ExampleCollator: template + tokenizer + images at every step
     "all_positions_head": {"trainer": "trl"},  # TRL's SFTTrainer: the LM head scores every position on the CPU
     "workers": {"dataloader_num_workers": 1, "dataloader_prefetch_factor": 4, "dataloader_persistent_workers": True},
@@ -84,7 +91,7 @@ class BenchmarkArguments:
     output_json: str | None = field(default=None, metadata={"help": "Also write every figure to this JSON file."})
 
 
-def build(name, data_args, training_args, model_args, processor, template):
+def build(name, data_args, training_args, model_args, processor, template, lab_args=None):
     """(trainer, setup seconds) of the baseline ("trl", "trl_newline_masked") or a lab variant ("lab", "lab+<v>")."""
     set_seed(training_args.seed)
     args, margs = copy.deepcopy(training_args), copy.deepcopy(model_args)
@@ -93,6 +100,9 @@ def build(name, data_args, training_args, model_args, processor, template):
         overrides |= VARIANTS[variant]
     collator, trainer_class = overrides.pop("collator", None), overrides.pop("trainer", None)
     margs.attn_implementation = overrides.pop("attn_implementation", margs.attn_implementation)
+    lab_fields = {f.name for f in dataclasses.fields(LabModelArguments)}
+    lab_overrides = {k: overrides.pop(k) for k in list(overrides) if k in lab_fields}
+    lab_args = dataclasses.replace(lab_args or LabModelArguments(), **lab_overrides)
     args = dataclasses.replace(args, **overrides)  # validated again (bf16 is resolved in __post_init__)
     model, peft = load_model(margs), lora_config(margs)
     if name.startswith("trl"):
@@ -101,7 +111,7 @@ def build(name, data_args, training_args, model_args, processor, template):
     if collator == "example":
         collator = ExampleCollator(processor, template, max_length=args.max_length)
     trainer_class = SFTTrainer if trainer_class == "trl" else None
-    return lab_trainer(model, processor, template, data_args, args, peft, collator, trainer_class)
+    return lab_trainer(model, processor, template, data_args, args, peft, collator, trainer_class, lab_args)
 
 
 def main(bench, data_args, training_args, model_args, lab_args, train_lab_args=None) -> dict:
@@ -113,7 +123,7 @@ def main(bench, data_args, training_args, model_args, lab_args, train_lab_args=N
     names += [f"lab+{v}" for v in filter(None, bench.variants.split(","))]
 
     def build_named(name, args):
-        return build(name, data_args, args, model_args, processor, template)
+        return build(name, data_args, args, model_args, processor, template, lab_args)
 
     device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
     timing = (bench.timing_warmup_steps, bench.repeats, bench.interleave, bench.memory_steps)
@@ -154,6 +164,14 @@ def print_report(report: dict, runs: dict[str, list[RunResult]]) -> None:
         print(
             "  with that newline's label masked in TRL's batches:", json.dumps(report["loss_lab_vs_trl_newline_masked"])
         )
+    for name, rs in runs.items():
+        for i, r in enumerate(rs):
+            if r.vision_feature_cache is not None:
+                c = r.vision_feature_cache
+                print(
+                    f"vision feature cache, {name} round {i + 1}: {c['hits']} hits, {c['misses']} misses, "
+                    f"{c['images']} images, {c['mb']:.1f} MB{' (cap reached)' if c['full'] else ''}"
+                )
     for source, r in report.get("data_loading", {}).items():
         print(f"data loading {source:<24} load {r['load_s']:6.2f} s, read {r['read_examples_per_s']:7.0f} examples/s")
     if "data_loading" in report:

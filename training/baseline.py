@@ -59,11 +59,16 @@ def loss_difference(a: list[float], b: list[float]) -> dict[str, float]:
     return {"steps": len(diffs), "mean_abs": statistics.fmean(diffs), "max_abs": max(diffs), "last_abs": diffs[-1]}
 
 
-def lab_trainer(model, processor, template, data_args, training_args, peft_config, collator=None, trainer_class=None):
-    """What training/sft.py builds (training.pipeline.training_data, LabSFTTrainer); `collator` and `trainer_class`
-    swap in others (the ablations). Returns (trainer, setup seconds)."""
+def lab_trainer(
+    model, processor, template, data_args, training_args, peft_config, collator=None, trainer_class=None, lab_args=None
+):
+    """What training/sft.py builds (training.pipeline.training_data, LabSFTTrainer, the vision feature cache of
+    `lab_args`, default LabModelArguments()); `collator` and `trainer_class` swap in others (the ablations). Returns
+    (trainer, setup seconds: data preparation + any precompute of the vision feature cache)."""
+    from training.models import LabModelArguments
     from training.pipeline import training_data
     from training.trainer import LabSFTTrainer
+    from training.vision_cache import use_vision_cache
 
     start = time.perf_counter()
     data = training_data(data_args, training_args, processor, template)
@@ -76,7 +81,8 @@ def lab_trainer(model, processor, template, data_args, training_args, peft_confi
         processing_class=processor,
         peft_config=peft_config,
     )
-    return trainer, setup
+    report = use_vision_cache(trainer, lab_args or LabModelArguments(), data.train, data.collator)
+    return trainer, setup + report.precompute_s
 
 
 def trl_trainer(model, processor, template, data_args, training_args, peft_config, mask_newline: bool = False):

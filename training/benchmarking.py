@@ -37,6 +37,7 @@ class RunResult:
     setup_s: float  # dataset preparation before the trainer starts (tokenizing once, converting rows)
     losses: list[float] = field(default_factory=list)  # per optimizer step
     collate_ms: float | None = None  # one batch: reading its rows + the collator, median of a few
+    vision_feature_cache: dict | None = None  # the lab's cache counters after the run (training/vision_cache.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,6 +236,14 @@ def collate_ms(trainer, batches: int = 3) -> float:
     return statistics.median(times)
 
 
+def cache_stats(trainer) -> dict | None:
+    """The vision feature cache's counters of a trainer's model (None without one)."""
+    from training.vision_cache import installed
+
+    cache = installed(trainer.model)
+    return cache.stats() if cache is not None else None
+
+
 def release(trainer) -> None:
     """Drop a finished trainer's model and optimizer before the next run measures its memory."""
     trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
@@ -265,7 +274,7 @@ def timed_runs(
             collation = {n: collate_ms(t) for n, t in trainers.items()}
             results = measure_interleaved(trainers, warmup, {n: s for n, (_, s) in built.items()})
             for n, r in results.items():
-                r.collate_ms = collation[n]
+                r.collate_ms, r.vision_feature_cache = collation[n], cache_stats(trainers[n])
             for trainer in trainers.values():
                 release(trainer)
         else:
@@ -274,7 +283,7 @@ def timed_runs(
                 trainer, setup = build(n, training_args)
                 collation = collate_ms(trainer)
                 results[n] = measure(n, trainer, warmup, setup, device)
-                results[n].collate_ms = collation
+                results[n].collate_ms, results[n].vision_feature_cache = collation, cache_stats(trainer)
                 release(trainer)
         for n, r in results.items():
             if n in memory:

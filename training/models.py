@@ -32,6 +32,34 @@ class LabModelArguments:
         default=False,
         metadata={"help": "Q-LoRA: also quantize the vision tower's linears (default: keep it in the compute dtype)."},
     )
+    vision_feature_cache: str = field(
+        default="auto",
+        metadata={
+            "help": "Training: compute each image's vision-tower features once and serve them from memory after "
+            "(training/vision_cache.py). auto: on exactly when the vision tower (ViT + merger) has no trainable "
+            "parameter and no dropout (LoRA's default); true: on, refused with a trainable tower; false: off.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+    vision_feature_cache_max_gb: float = field(
+        default=2.0,
+        metadata={"help": "Host memory the vision feature cache may take, in GB; beyond it no image is added."},
+    )
+    vision_feature_cache_precompute: bool = field(
+        default=False,
+        metadata={
+            "help": "Fill the vision feature cache at setup: one no-grad pass over the train split. Off by default: "
+            "a run of one epoch or more computes every image once anyway (docs/training_speed.md)."
+        },
+    )
+
+    def __post_init__(self):
+        value = self.vision_feature_cache  # YAML's true/false arrive as booleans
+        self.vision_feature_cache = str(value).lower() if isinstance(value, bool) else value
+        if self.vision_feature_cache not in ("auto", "true", "false"):
+            raise ValueError(f"vision_feature_cache must be auto, true or false, got {value!r}")
+        if self.vision_feature_cache_max_gb < 0:
+            raise ValueError(f"vision_feature_cache_max_gb must be >= 0, got {self.vision_feature_cache_max_gb}")
 
 
 class ModelNotAvailableError(RuntimeError):

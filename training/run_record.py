@@ -86,8 +86,10 @@ def write_run_record(
     dataset_manifest: dict[str, Any],
     seed: int,
     kind: str,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write <output_dir>/run_record.json (resolved config, seed, template name + text, data, library versions)."""
+    """Write <output_dir>/run_record.json (resolved config, seed, template name + text, data, library versions, and
+    `extra`'s entries, e.g. the vision feature cache's counters)."""
     record = {
         "kind": kind,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -96,5 +98,6 @@ def write_run_record(
         "dataset": _jsonable(dataset_manifest),
         "config": config_dict(*args_objects),
         "versions": library_versions(),
+        **_jsonable(extra or {}),
     }
     return write_json_atomic(Path(output_dir) / "run_record.json", record)

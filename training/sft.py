@@ -36,6 +36,7 @@ from training.models import LabModelArguments, load_model, lora_config, run_proc
 from training.pipeline import training_data
 from training.run_record import token_to_environment, write_run_record
 from training.trainer import LabSFTTrainer
+from training.vision_cache import use_vision_cache
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import dataset_manifest
 from vlm_datasets.prompts import get_template
@@ -75,12 +76,16 @@ def main(
         peft_config=lora_config(model_args, model),
     )
     mirror = add_lab_callbacks(trainer, train_lab_args, training_args)  # TensorBoard folder, checkpoint mirror
+    # The frozen vision tower's features computed once per image (lab_args.vision_feature_cache*; after PEFT wrapped
+    # the model, so a trainable tower is seen): training/vision_cache.py
+    vision_cache = use_vision_cache(trainer, lab_args, data.train, data.collator)
 
     def record():
         if trainer.accelerator.is_main_process:  # the data manifest lists the bad examples skipped so far
             args = (data_args, model_args, lab_args, train_lab_args, training_args)
             manifest = dataset_manifest(data_args, train_split)
-            write_run_record(training_args.output_dir, args, template, manifest, training_args.seed, kind="sft")
+            extra = {"vision_feature_cache": vision_cache.record()}  # this process's counters
+            write_run_record(training_args.output_dir, args, template, manifest, training_args.seed, "sft", extra)
 
     record()
     main_process = trainer.accelerator.is_main_process
@@ -89,6 +94,8 @@ def main(
     )
     resume = resume_checkpoint(resume, training_args.output_dir, main_process)
     trainer.train(resume_from_checkpoint=resume)
+    if vision_cache.cache is not None:
+        logger.info("vision feature cache: %s", vision_cache.cache.stats())
 
     # Save adapter (or full model) + processor, so evaluation loads the run directory alone
     trainer.save_model(training_args.output_dir)

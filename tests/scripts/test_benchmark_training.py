@@ -1,5 +1,6 @@
 """scripts/benchmark_training.py smoke run on the tiny model: both pipelines train on the same rows, the only
-masking difference is TRL's newline label, and the last line printed is the speedup."""
+masking difference is TRL's newline label, the vision feature cache variants train alike, and the last line printed is
+the speedup."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def test_benchmark_smoke_run_prints_a_speedup(tiny_model_dir, tmp_path, isolated
             "true",
             "--loading_examples",
             "8",
+            "--variants",
+            "no_vision_cache,vision_cache_precompute",
             "--output_json",
             str(report_path),
         ]
@@ -54,3 +57,10 @@ def test_benchmark_smoke_run_prints_a_speedup(tiny_model_dir, tmp_path, isolated
         report["data_loading"]
     )
     assert json.loads(report_path.read_text())["speedup"] == report["speedup"]
+    # The lab's default caches the frozen vision tower's features; the variants train without it and with it filled
+    # at setup (32 examples x 2 images, all 4 x 4 training rows then served from it), all with the same losses.
+    lab, uncached, filled = runs["lab"][0], runs["lab+no_vision_cache"][0], runs["lab+vision_cache_precompute"][0]
+    assert lab["vision_feature_cache"]["misses"] > 0 and uncached["vision_feature_cache"] is None
+    assert filled["vision_feature_cache"]["hits"] >= 4 * 4 * 2 and filled["setup_s"] > 0
+    for other in (uncached, filled):
+        assert max(abs(a - b) for a, b in zip(lab["losses"], other["losses"], strict=True)) < 1e-6

@@ -94,6 +94,8 @@ def test_two_cpu_processes_train_on_distinct_data_and_the_adapter_evaluates(
     state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
     tokens = [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e]
     assert tokens[0] > 8 * 40  # gathered over both ranks: 8 examples of 50+ tokens in the first step
+    cache = json.loads((run / "run_record.json").read_text())["vision_feature_cache"]  # rank 0's, under DDP
+    assert cache["enabled"] and cache["hits"] + cache["misses"] >= 3 * 4 * 2 and cache["images"] > 0
 
     from evals import finetuned
     from evals.evaluate import make_parser

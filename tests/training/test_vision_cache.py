@@ -1,0 +1,162 @@
+"""The frozen vision tower's feature cache: training with it gives the uncached losses and adapter, later epochs are
+served from it, a trainable tower turns it off (auto) or is refused (true), and the memory cap holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from trl import ModelConfig
+
+from training import trainer as lab_trainer
+from training import vision_cache
+from training.models import DEFAULT_LORA_TARGETS, LabModelArguments, load_model, load_processor
+from training.sft import main, make_parser
+from vlm_datasets.config import DataArguments
+from vlm_datasets.loading import load_split
+
+REPO = Path(__file__).resolve().parents[2]
+COMPUTE_LOSS = lab_trainer.LabSFTTrainer.compute_loss  # before any test patches it
+
+
+def run_sft(tiny_model_dir, out_dir, monkeypatch, *extra) -> tuple[object, list[float]]:
+    """training/sft.py on 16 examples, batch 8 (2 steps an epoch), 5 steps; returns the trainer and each step's loss
+    unrounded (the Trainer's log rounds it to 4 digits)."""
+    losses = []
+
+    def recorded(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = COMPUTE_LOSS(self, model, inputs, return_outputs, num_items_in_batch)
+        losses.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(lab_trainer.LabSFTTrainer, "compute_loss", recorded)
+    args = make_parser().parse_args_and_config(
+        ["--config", str(REPO / "training/configs/embedded_lora.yaml"), "--model_name_or_path", str(tiny_model_dir)]
+        + ["--output_dir", str(out_dir), "--synthetic_train_size", "16", "--per_device_train_batch_size", "8"]
+        + ["--max_steps", "5", "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none", *extra]
+    )
+    return main(*args), losses
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--gradient_checkpointing", "true"], ["--vision_feature_cache_precompute", "true"]],
+    ids=["auto", "gradient_checkpointing", "precompute"],
+)
+def test_cached_training_equals_uncached_and_later_epochs_hit(
+    tiny_model_dir, tmp_path, isolated_artifacts, monkeypatch, extra
+):
+    plain, plain_losses = run_sft(
+        tiny_model_dir, tmp_path / "plain", monkeypatch, "--vision_feature_cache", "false", *extra
+    )
+    cached, cached_losses = run_sft(tiny_model_dir, tmp_path / "cached", monkeypatch, *extra)
+    assert vision_cache.installed(plain.model) is None
+    assert len(cached_losses) == len(plain_losses) == 5
+    assert max(abs(a - b) for a, b in zip(cached_losses, plain_losses, strict=True)) < 1e-6
+    plain_lora = {n: p for n, p in plain.model.named_parameters() if "lora_" in n}
+    cached_lora = dict((n, p) for n, p in cached.model.named_parameters() if "lora_" in n)
+    assert plain_lora.keys() == cached_lora.keys() and plain_lora
+    for name, value in plain_lora.items():
+        torch.testing.assert_close(cached_lora[name], value, rtol=0, atol=1e-6)
+
+    stats = vision_cache.installed(cached.model).stats()
+    # 16 examples x 2 images seen in 2.5 epochs: every image after its first sight comes from the cache
+    precomputed = 16 * 2 if "--vision_feature_cache_precompute" in extra else 0  # the setup pass's lookups
+    assert stats["hits"] >= 3 * 8 * 2 and stats["hits"] + stats["misses"] == 5 * 8 * 2 + precomputed
+    assert stats["images"] == stats["computed"] <= 32 and stats["bypassed_calls"] == 0
+    if precomputed:  # all computed at setup: training was served from the cache alone
+        assert stats["hits"] == 5 * 8 * 2 and stats["misses"] == stats["computed"]
+    record = json.loads((tmp_path / "cached" / "run_record.json").read_text())["vision_feature_cache"]
+    assert record["enabled"] and record["setting"] == "auto" and record["hits"] == stats["hits"]
+    assert not json.loads((tmp_path / "plain" / "run_record.json").read_text())["vision_feature_cache"]["enabled"]
+
+
+def test_a_trainable_vision_tower_turns_auto_off_and_true_is_refused(
+    tiny_model_dir, tmp_path, isolated_artifacts, monkeypatch
+):
+    full = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir)), LabModelArguments(freeze_vision_tower=False))
+    lora_in_merger = get_peft_model(
+        load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
+        LoraConfig(target_modules=DEFAULT_LORA_TARGETS + r"|.*visual\.merger\.mlp\.0", r=4),
+    )
+    saved_merger = get_peft_model(
+        load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
+        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, modules_to_save=["merger"], r=4),
+    )
+    for model in (full, lora_in_merger, saved_merger):
+        on, reason = vision_cache.decide("auto", model)
+        assert not on and "trainable vision-tower parameters" in reason
+        with pytest.raises(ValueError, match="vision_feature_cache: true needs a frozen"):
+            vision_cache.decide("true", model)
+    frozen = get_peft_model(
+        load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
+        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+    )
+    assert vision_cache.decide("auto", frozen)[0] and vision_cache.decide("true", frozen)[0]
+    assert not vision_cache.decide("false", frozen)[0]
+    # through training/sft.py: LoRA on the merger with true stops before training
+    with pytest.raises(ValueError, match="trainable vision-tower parameters"):
+        run_sft(tiny_model_dir, tmp_path / "run", monkeypatch, "--vision_feature_cache", "true",
+                "--lora_target_modules", DEFAULT_LORA_TARGETS + r"|.*visual\.merger\.mlp\.0")  # fmt: skip
+
+
+def images_and_model(tiny_model_dir, n: int):
+    processor = load_processor(str(tiny_model_dir), max_pixels=3136)
+    rows = load_split(DataArguments(synthetic_train_size=n, max_pixels=3136), "train")
+    images = [img for row in rows for img in row["images"]][:n]
+    pixels = processor.image_processor(images=images, return_tensors="pt")  # pixel_values [16 n, 1176]
+    model = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
+    return model, pixels["pixel_values"], pixels["image_grid_thw"]
+
+
+def test_served_features_are_the_towers_and_the_cap_holds(tiny_model_dir, caplog):
+    model, pixel_values, grid = images_and_model(tiny_model_dir, 8)
+    inner = model.model
+    with torch.no_grad():
+        expected = inner.get_image_features(pixel_values, grid).pooler_output  # uncached, per image
+    per_image = expected[0].numel() * expected[0].element_size()
+    cache = vision_cache.install(model, max_gb=3.5 * per_image / 2**30)  # room for 3 images
+    with caplog.at_level(logging.WARNING, logger="training.vision_cache"):
+        first = inner.get_image_features(pixel_values, grid, return_dict=True).pooler_output
+        second = model.get_image_features(pixel_values, grid).pooler_output  # the outer model's, same path
+    assert len(first) == len(second) == 8
+    for got in (*first, *second):
+        assert not got.requires_grad
+    for a, b, want in zip(first, second, expected, strict=True):
+        assert a.dtype == b.dtype == want.dtype and a.device == want.device
+        assert torch.equal(a, want) and torch.equal(b, want)
+    stats = cache.stats()
+    assert stats["images"] == 3 and stats["full"] and cache.bytes <= cache.max_bytes
+    assert stats["hits"] == 3 and stats["misses"] == 8 + 5 and stats["computed"] == 8 + 5
+    assert sum("cap of" in r.message for r in caplog.records) == 1  # logged once
+
+    # hidden states asked for: the tower runs as usual, the result is the uncached one
+    out = inner.get_image_features(pixel_values, grid, output_hidden_states=True, return_dict=True)
+    assert out.hidden_states is not None and cache.bypassed_calls == 1
+    assert all(torch.equal(a, b) for a, b in zip(out.pooler_output, expected, strict=True))
+    vision_cache.uninstall(model)
+    assert vision_cache.installed(model) is None and "get_image_features" not in vars(inner)
+
+
+def test_keys_follow_the_pixels_and_the_grid(tiny_model_dir):
+    _, pixel_values, grid = images_and_model(tiny_model_dir, 3)
+    keys = vision_cache.image_keys(pixel_values, grid)
+    assert len(set(keys)) == 3
+    changed = pixel_values.clone()
+    changed[16, 0] += 1e-3  # one value of the second image (16 rows each)
+    new = vision_cache.image_keys(changed, grid)
+    assert new[0] == keys[0] and new[1] != keys[1] and new[2] == keys[2]
+    assert vision_cache.image_keys(pixel_values.to(torch.bfloat16), grid)[0] != keys[0]
+    assert vision_cache.image_keys(pixel_values, grid, threads_above_mb=0) == keys  # hashed in threads: the same
+    with pytest.raises(ValueError, match="rows"):
+        vision_cache.image_keys(pixel_values[:-1], grid)
+
+
+def test_the_setting_is_validated():
+    assert LabModelArguments(vision_feature_cache=True).vision_feature_cache == "true"  # YAML's boolean
+    with pytest.raises(ValueError, match="auto, true or false"):
+        LabModelArguments(vision_feature_cache="sometimes")
