@@ -46,10 +46,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield line_no, row
 
 
-def read_prediction_records(path: str | Path) -> list[dict]:
-    """predictions.jsonl rows (uid, sentence, label, prediction, p_true, category, raw), checked; labels parsed."""
-    path = Path(path)
-    records, seen = [], set()
+def _iter_uid_rows(path: Path) -> Iterator[tuple[str, str, dict]]:
+    """(file:line, uid, JSON object) per row of a predictions file: each row has a uid, and no uid comes twice."""
+    seen = set()
     for line_no, row in _iter_jsonl(path):
         where, uid = f"{path}:{line_no}", row.get("uid")
         if not isinstance(uid, str) or not uid:
@@ -57,6 +56,14 @@ def read_prediction_records(path: str | Path) -> list[dict]:
         if uid in seen:
             raise DataError(where, f"uid {uid} appears twice")
         seen.add(uid)
+        yield where, uid, row
+
+
+def read_prediction_records(path: str | Path) -> list[dict]:
+    """predictions.jsonl rows (uid, sentence, label, prediction, p_true, category, raw), checked; labels parsed."""
+    path = Path(path)
+    records = []
+    for where, uid, row in _iter_uid_rows(path):
         if "prediction" not in row or not (row["prediction"] is None or isinstance(row["prediction"], bool)):
             raise DataError(where, f"uid {uid}: prediction {row.get('prediction')!r} is not true, false or null")
         p_true = row.get("p_true")
@@ -84,14 +91,8 @@ def write_generated(path: str | Path, rows: Iterable[Mapping], predictions: Iter
 def read_generated(path: str | Path) -> list[dict]:
     """write_generated's rows, checked: a uid (once), a task, the prediction as text, references a list of text."""
     path = Path(path)
-    records, seen = [], set()
-    for line_no, row in _iter_jsonl(path):
-        where, uid = f"{path}:{line_no}", row.get("uid")
-        if not isinstance(uid, str) or not uid:
-            raise DataError(where, "no uid (a non-empty string)")
-        if uid in seen:
-            raise DataError(where, f"uid {uid} appears twice")
-        seen.add(uid)
+    records = []
+    for where, uid, row in _iter_uid_rows(path):
         if not isinstance(row.get("task"), str) or not isinstance(row.get("prediction"), str):
             raise DataError(where, f"uid {uid}: task and prediction must be text (a composed VLM's predictions)")
         refs = row.get("references")

@@ -63,6 +63,10 @@ def prompts(processor, examples: list[Example], template: PromptTemplate, scorin
     """The model inputs of a batch (chat template + image processor, left padded); for likelihood scoring the
     prompts end with the answers' common start."""
     suffix = answer_tokens(processor, template).prefix if scoring == "likelihood" else ""
+    return _prompt_batch(processor, examples, template, suffix)
+
+
+def _prompt_batch(processor, examples: list[Example], template: PromptTemplate, suffix: str) -> BatchFeature:
     texts = [render(processor, {"prompt": to_conversation(ex, template)["prompt"]})[0] + suffix for ex in examples]
     return processor(
         images=[ex.images for ex in examples],
@@ -81,7 +85,9 @@ def score_likelihood(
     """One forward pass per batch; p_true = softmax over the logits of the two answers' first differing tokens at
     the last position (after their common prefix, if any)."""
     answer = answer_tokens(processor, template)
-    batch = (inputs if inputs is not None else prompts(processor, examples, template, "likelihood")).to(model.device)
+    if inputs is None:
+        inputs = _prompt_batch(processor, examples, template, answer.prefix)
+    batch = inputs.to(model.device)
     logits = model(**batch, logits_to_keep=1).logits[:, -1]  # [B, V]
     pair = torch.stack([logits[:, answer.true_id], logits[:, answer.false_id]], dim=-1).float()  # [B, 2]
     p_true = pair.softmax(-1)[:, 0].tolist()

@@ -80,20 +80,6 @@ def odd_manifest(tmp_path, isolated_artifacts) -> Path:
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def composed_vlm(tmp_path_factory) -> Path:
-    """A composed GPT-2v (training/compose.py) at toy size, random init, saved as training/train_vlm.py loads it."""
-    from training.compose import ComposeArguments, build, save
-
-    out = tmp_path_factory.mktemp("tiny-gpt2v")
-    vision = dict(model_type="clip_vision_model", image_size=56, patch_size=28, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
-    text = dict(model_type="gpt2", n_embd=32, n_layer=1, n_head=2, n_positions=128)
-    args = ComposeArguments(vision_config=vision, text_config=text, vision_feature_layer=-1, tokenizer_vocab_size=300,
-                            output_dir=str(out))  # fmt: skip
-    return save(*build(args), out, args)
-
-
 def _train_vlm_run(model_dir: Path, out_dir: Path, root: Path, **fields) -> Path:
     """training/train_vlm.py's main in this process: the embedded stage-1 recipe, two steps, `fields` overriding it;
     returns the run folder (predictions.jsonl, summary.json, run_record.json beside the model)."""
@@ -112,10 +98,10 @@ def _train_vlm_run(model_dir: Path, out_dir: Path, root: Path, **fields) -> Path
 
 
 @pytest.fixture(scope="session")
-def train_vlm_run(composed_vlm):
+def train_vlm_run(tiny_composed_vlm):
     """train_vlm_run(out_dir, root, **fields): a two-step train_vlm run of the composed toy model (root: its
     artifact root); returns the run folder."""
-    return functools.partial(_train_vlm_run, composed_vlm)
+    return functools.partial(_train_vlm_run, tiny_composed_vlm)
 
 
 @pytest.fixture(scope="module")
