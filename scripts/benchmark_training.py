@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 VARIANTS = {
     "no_vision_cache": {"vision_feature_cache": "false"},  # the frozen vision tower run on every image of every step
     "vision_cache_precompute": {"vision_feature_cache_precompute": True},  # cache filled at setup (in setup_s)
+    "no_shared_prefix": {"shared_prefix": "false"},  # every row's common prefix computed in every row
     "per_batch_render": {"collator": "example"},  # ExampleCollator: template + tokenizer + images at every step
     "all_positions_head": {"trainer": "trl"},  # TRL's SFTTrainer: the LM head scores every position on the CPU
     "workers": {"dataloader_num_workers": 1, "dataloader_prefetch_factor": 4, "dataloader_persistent_workers": True},

@@ -62,11 +62,12 @@ def loss_difference(a: list[float], b: list[float]) -> dict[str, float]:
 def lab_trainer(
     model, processor, template, data_args, training_args, peft_config, collator=None, trainer_class=None, lab_args=None
 ):
-    """What training/sft.py builds (training.pipeline.training_data, LabSFTTrainer, the vision feature cache of
-    `lab_args`, default LabModelArguments()); `collator` and `trainer_class` swap in others (the ablations). Returns
-    (trainer, setup seconds: data preparation + any precompute of the vision feature cache)."""
+    """What training/sft.py builds (training.pipeline.training_data, LabSFTTrainer, the vision feature cache and the
+    shared prefix of `lab_args`, default LabModelArguments()); `collator` and `trainer_class` swap in others (the
+    ablations). Returns (trainer, setup seconds: data preparation + any precompute of the vision feature cache)."""
     from training.models import LabModelArguments
     from training.pipeline import training_data
+    from training.shared_prefix import use_shared_prefix
     from training.trainer import LabSFTTrainer
     from training.vision_cache import use_vision_cache
 
@@ -81,7 +82,9 @@ def lab_trainer(
         processing_class=processor,
         peft_config=peft_config,
     )
-    report = use_vision_cache(trainer, lab_args or LabModelArguments(), data.train, data.collator)
+    lab_args = lab_args or LabModelArguments()
+    report = use_vision_cache(trainer, lab_args, data.train, data.collator)
+    use_shared_prefix(trainer, lab_args)
     return trainer, setup + report.precompute_s
 
 

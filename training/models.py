@@ -53,11 +53,23 @@ class LabModelArguments:
         },
     )
 
+    shared_prefix: str = field(
+        default="auto",
+        metadata={
+            "help": "Training: run the tokens every row of a batch starts with (system turn, user header, first "
+            "image label) through the language model once per batch (training/shared_prefix.py). auto: on exactly "
+            "when the language model has no dropout and gradient checkpointing is off; true: on, refused otherwise; "
+            "false: off.",
+            "choices": ["auto", "true", "false"],
+        },
+    )
+
     def __post_init__(self):
-        value = self.vision_feature_cache  # YAML's true/false arrive as booleans
-        self.vision_feature_cache = str(value).lower() if isinstance(value, bool) else value
-        if self.vision_feature_cache not in ("auto", "true", "false"):
-            raise ValueError(f"vision_feature_cache must be auto, true or false, got {value!r}")
+        for name in ("vision_feature_cache", "shared_prefix"):  # YAML's true/false arrive as booleans
+            value = getattr(self, name)
+            setattr(self, name, str(value).lower() if isinstance(value, bool) else value)
+            if getattr(self, name) not in ("auto", "true", "false"):
+                raise ValueError(f"{name} must be auto, true or false, got {value!r}")
         if self.vision_feature_cache_max_gb < 0:
             raise ValueError(f"vision_feature_cache_max_gb must be >= 0, got {self.vision_feature_cache_max_gb}")
 

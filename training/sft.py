@@ -35,6 +35,7 @@ from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_c
 from training.models import LabModelArguments, load_model, lora_config, run_processor
 from training.pipeline import training_data
 from training.run_record import token_to_environment, write_run_record
+from training.shared_prefix import use_shared_prefix
 from training.trainer import LabSFTTrainer
 from training.vision_cache import use_vision_cache
 from vlm_datasets.config import DataArguments
@@ -79,12 +80,14 @@ def main(
     # The frozen vision tower's features computed once per image (lab_args.vision_feature_cache*; after PEFT wrapped
     # the model, so a trainable tower is seen): training/vision_cache.py
     vision_cache = use_vision_cache(trainer, lab_args, data.train, data.collator)
+    # The tokens every row starts with run once per batch (lab_args.shared_prefix): training/shared_prefix.py
+    shared_prefix = use_shared_prefix(trainer, lab_args)
 
     def record():
         if trainer.accelerator.is_main_process:  # the data manifest lists the bad examples skipped so far
             args = (data_args, model_args, lab_args, train_lab_args, training_args)
             manifest = dataset_manifest(data_args, train_split)
-            extra = {"vision_feature_cache": vision_cache.record()}  # this process's counters
+            extra = {"vision_feature_cache": vision_cache.record(), "shared_prefix": shared_prefix.record()}
             write_run_record(training_args.output_dir, args, template, manifest, training_args.seed, "sft", extra)
 
     record()
@@ -96,6 +99,8 @@ def main(
     trainer.train(resume_from_checkpoint=resume)
     if vision_cache.cache is not None:
         logger.info("vision feature cache: %s", vision_cache.cache.stats())
+    if shared_prefix.stats is not None:
+        logger.info("shared prefix: %s", shared_prefix.stats.stats())
 
     # Save adapter (or full model) + processor, so evaluation loads the run directory alone
     trainer.save_model(training_args.output_dir)
