@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -355,6 +356,44 @@ def generate(split: str, num_examples: int, seed: int, config: SyntheticConfig |
             )
             produced += 1
         set_id += 1
+
+
+@contextmanager
+def _recording_truths(truths: dict[str, Callable[[Pair], bool]]):
+    """While inside, every statement sampled records its sentence -> truth function (not thread-safe)."""
+    samplers, formats = dict(_SAMPLERS), dict(_FORMAT_SAMPLERS)
+
+    def recorded(sampler):
+        def sample(rng, pair):
+            text, holds = sampler(rng, pair)
+            truths.setdefault(text, holds)  # a sentence's truth depends on its words only
+            return text, holds
+
+        return sample
+
+    _SAMPLERS.update({name: recorded(f) for name, f in samplers.items()})
+    _FORMAT_SAMPLERS.update({name: (cat, recorded(f)) for name, (cat, f) in formats.items()})
+    try:
+        yield truths
+    finally:
+        _SAMPLERS.update(samplers)
+        _FORMAT_SAMPLERS.update(formats)
+
+
+def statement_truths(
+    split: str, num_examples: int, seed: int, config: SyntheticConfig | None = None
+) -> tuple[list[Example], dict[str, Callable[[Pair], bool]]]:
+    """The split `generate` yields and, for each of its sentences, the generator's own truth function over an
+    image pair (scenes), so a sentence can be judged on other scenes (for example the pair swapped)."""
+    with _recording_truths({}) as truths:
+        examples = list(generate(split, num_examples, seed, config))
+    return examples, {ex.sentence: truths[ex.sentence] for ex in examples}
+
+
+def scenes_of(example: Example) -> Pair:
+    """The (left, right) scenes of a synthetic example, from its meta."""
+    left, right = (tuple(Obj(**o) for o in scene) for scene in example.meta["scenes"])
+    return left, right
 
 
 def _generate_by_pair(split: str, num_examples: int, seed: int, cfg: SyntheticConfig) -> Iterator[Example]:
