@@ -36,7 +36,7 @@ def test_demo_end_to_end_small(tmp_path, capsys, isolated_artifacts):
     assert lines[-1] == str(path)
     summary = json.loads(Path(path).read_text())
     assert {"zero_shot_accuracy", "finetuned_accuracy", "n_eval", "wall_seconds"} <= summary.keys()
-    assert summary["n_eval"] == 16 and summary["sft_steps"] == 2
+    assert summary["n_eval"] == 16 and summary["sft_steps"] == 2 and summary["sft_batch_size"] == 64
     ft = [json.loads(x) for x in (tmp_path / "demo" / "finetuned" / "predictions.jsonl").read_text().splitlines()]
     assert summary["finetuned_accuracy"] == sum(p["prediction"] == p["label"] for p in ft) / 16
     assert any("zero-shot" in line and "LoRA" in line for line in lines)
