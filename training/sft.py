@@ -107,6 +107,8 @@ def main(
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(training_args.output_dir)
     record()  # again: a streamed split's skipped examples are known once it has been read
+    if trainer.args.world_size > 1:  # the Trainer leaves the process group up; a rank exiting with it can abort
+        trainer.accelerator.end_training()  # accelerate's own end: destroys the process group
     return trainer
 
 
