@@ -47,6 +47,7 @@ class SharedPrefixStats:
     positions_total: int = 0  # rows x sequence length over all calls
     positions_saved: int = 0  # (rows - 1) x prefix length over the shared calls
     last_prefix: int = 0
+    dropout: bool = False  # the text model had a dropout when installed: training calls run in full
 
     def stats(self) -> dict:
         share = self.positions_saved / self.positions_total if self.positions_total else 0.0
@@ -64,14 +65,18 @@ def text_model(model) -> torch.nn.Module | None:
     return getattr(inner, "language_model", None) if inner is not None else None
 
 
-def why_not_shareable(lm: torch.nn.Module) -> list[str]:
-    """What makes one prefix computation differ from B of them in training: dropout, gradient checkpointing."""
-    problems = []
-    dropouts = [
+def _dropouts(lm: torch.nn.Module) -> list[str]:
+    return [
         n
         for n, m in lm.named_modules()
         if (isinstance(m, torch.nn.Dropout) and m.p > 0) or float(getattr(m, "attention_dropout", 0.0) or 0.0) > 0
     ]
+
+
+def why_not_shareable(lm: torch.nn.Module) -> list[str]:
+    """What makes one prefix computation differ from B of them in training: dropout, gradient checkpointing."""
+    problems = []
+    dropouts = _dropouts(lm)
     if dropouts:
         problems.append(f"dropout in the language model ({dropouts[0]})")
     if getattr(lm, "gradient_checkpointing", False):
@@ -114,7 +119,8 @@ def _shared_forward(
         and isinstance(position_ids, torch.Tensor)
         and inputs_embeds.shape[0] > 1
         and not any(kw.get(k) for k in _OUTPUTS)
-        and not (self.training and why_not_shareable(self))
+        # dropout was looked for once, at install; the Trainer may turn checkpointing on later, so that is read here
+        and not (self.training and (stats.dropout or getattr(self, "gradient_checkpointing", False)))
     )
     if not eligible:
         return run_full()
@@ -155,7 +161,7 @@ def install(model) -> SharedPrefixStats:
     lm = text_model(model)
     if lm is None:
         raise ValueError(f"{type(model).__name__}: no Qwen2-VL-family text model to share prefixes in")
-    stats = SharedPrefixStats()
+    stats = SharedPrefixStats(dropout=bool(_dropouts(lm)))
     setattr(lm, ATTRIBUTE, stats)
     lm.forward = types.MethodType(_shared_forward, lm)  # bound to the instance, like the vision feature cache
     return stats
