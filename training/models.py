@@ -6,6 +6,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from peft import LoraConfig
@@ -178,6 +179,16 @@ def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = Non
         frozen = freeze(model, vision_modules(model))
         logger.info("froze %d vision-tower parameters", frozen)
     return model
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo). Elsewhere
+    bf16 autocast on the CPU is emulated and slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _kbit_device_map() -> dict:
