@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from trl import SFTConfig
 
+from training import shared_prefix
 from training.collators import PromptCompletionCollator
 from training.trainer import LabSFTTrainer
 from vlm_datasets.prompts import user_message
@@ -47,6 +48,8 @@ class PretrainSettings:
     warmup_steps: int = 30
     seed: int = 0
     label_images: bool = True  # "Left image:" / "Right image:" before each image, as the nlvr2_labeled_images template
+    bf16: bool = False  # stage 2 under bf16 autocast (on a CPU: use_cpu too)
+    shared_prefix: bool = False  # the rows' common first tokens once per batch (training/shared_prefix.py)
 
 
 def _cell_targets(scenes, grid: int) -> torch.Tensor:
@@ -143,7 +146,7 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         report_to="none",
         remove_unused_columns=False,  # the collator needs images/prompt/completion
         dataset_kwargs={"skip_prepare_dataset": True},
-        bf16=False,
+        bf16=settings.bf16,
         gradient_checkpointing=False,
         seed=settings.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -157,8 +160,15 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         data_collator=PromptCompletionCollator(processor),
         processing_class=processor,
     )
-    trainer.train()
-    return {"log_history": trainer.state.log_history}
+    if settings.shared_prefix:
+        shared_prefix.decide("true", trainer.model)  # refuses a model with dropout or gradient checkpointing
+    prefix = shared_prefix.install(trainer.model) if settings.shared_prefix else None
+    try:
+        trainer.train()
+    finally:
+        if prefix is not None:
+            shared_prefix.uninstall(trainer.model)
+    return {"log_history": trainer.state.log_history} | ({"shared_prefix": prefix.stats()} if prefix else {})
 
 
 @torch.inference_mode()
