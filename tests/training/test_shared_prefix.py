@@ -161,3 +161,30 @@ def test_training_with_it_equals_training_without(tiny_model_dir, tmp_path, isol
     assert record["shared_calls"] == 5 and record["full_calls"] == 0 and record["positions_saved_share"] > 0.1
     off = json.loads((tmp_path / "plain" / "run_record.json").read_text())["shared_prefix"]
     assert off == {"setting": "false", "enabled": False, "reason": "off (shared_prefix: false)"}
+
+
+def test_base_pretraining_with_it_equals_pretraining_without(tiny_model_dir, tmp_path):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from training.pretrain_embedded import PretrainSettings, train_language_model
+    from vlm_datasets.synthetic import SyntheticConfig
+
+    processor = load_processor(tiny_model_dir)
+    runs = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, use_safetensors=True)
+        settings = PretrainSettings(steps=4, batch_size=8, warmup_steps=1, shared_prefix=on)
+        runs[on] = (model, train_language_model(model, processor, settings, SyntheticConfig(), tmp_path / str(on)))
+    losses = {on: [e["loss"] for e in r["log_history"] if "loss" in e] for on, (_, r) in runs.items()}
+    assert len(losses[True]) == len(losses[False]) == 4
+    assert max(abs(a - b) for a, b in zip(losses[True], losses[False], strict=True)) < 1e-5
+    stats = runs[True][1]["shared_prefix"]
+    assert stats["shared_calls"] == 4 and stats["full_calls"] == 0 and stats["last_prefix_length"] > 0
+    assert "shared_prefix" not in runs[False][1] and installed(runs[True][0]) is None  # uninstalled after training
+    trained = dict(runs[False][0].named_parameters())
+    for name, param in runs[True][0].named_parameters():
+        # A key bias has no gradient in exact math (softmax ignores a shift shared by all keys); Adam scales its
+        # rounding noise, which the summation order changes, up to learning-rate-sized steps.
+        if not name.endswith("k_proj.bias"):
+            assert torch.allclose(param, trained[name], atol=1e-5), name
