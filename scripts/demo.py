@@ -4,8 +4,7 @@ it zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, prin
 Each step runs the same entry point and YAML config a user runs by hand:
   scripts/build_embedded_model.py, evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
   training/sft.py (training/configs/embedded_lora.yaml, with batches of 96 at learning rate 1.5e-3, bf16 autocast
-  on a CPU with native bf16), evals/finetuned.py
-  (evals/configs/embedded_finetuned.yaml).
+  on a CPU with native bf16), evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
 
 # What `make demo` runs
 python scripts/demo.py

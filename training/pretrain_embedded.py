@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from trl import SFTConfig
 
-from training import shared_prefix
 from training.collators import PromptCompletionCollator
+from training.models import LabModelArguments
+from training.shared_prefix import uninstall, use_shared_prefix
 from training.trainer import LabSFTTrainer
 from vlm_datasets.prompts import user_message
 from vlm_datasets.synthetic import (
@@ -48,7 +49,6 @@ class PretrainSettings:
     warmup_steps: int = 30
     seed: int = 0
     label_images: bool = True  # "Left image:" / "Right image:" before each image, as the nlvr2_labeled_images template
-    bf16: bool = False  # stage 2 under bf16 autocast (on a CPU: use_cpu too)
     shared_prefix: bool = False  # the rows' common first tokens once per batch (training/shared_prefix.py)
 
 
@@ -146,7 +146,7 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         report_to="none",
         remove_unused_columns=False,  # the collator needs images/prompt/completion
         dataset_kwargs={"skip_prepare_dataset": True},
-        bf16=settings.bf16,
+        bf16=False,
         gradient_checkpointing=False,
         seed=settings.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -160,15 +160,14 @@ def train_language_model(model, processor, settings: PretrainSettings, synth: Sy
         data_collator=PromptCompletionCollator(processor),
         processing_class=processor,
     )
-    if settings.shared_prefix:
-        shared_prefix.decide("true", trainer.model)  # refuses a model with dropout or gradient checkpointing
-    prefix = shared_prefix.install(trainer.model) if settings.shared_prefix else None
+    # "true" refuses a model with dropout or gradient checkpointing instead of turning itself off
+    prefix = use_shared_prefix(trainer, LabModelArguments(shared_prefix="true" if settings.shared_prefix else "false"))
     try:
         trainer.train()
     finally:
-        if prefix is not None:
-            shared_prefix.uninstall(trainer.model)
-    return {"log_history": trainer.state.log_history} | ({"shared_prefix": prefix.stats()} if prefix else {})
+        if prefix.enabled:
+            uninstall(trainer.model)
+    return {"log_history": trainer.state.log_history} | ({"shared_prefix": prefix.record()} if prefix.enabled else {})
 
 
 @torch.inference_mode()
