@@ -179,7 +179,9 @@ def test_swiglu_projector_with_pixel_shuffle_is_aya_vision(tmp_path, rows):
     assert model.config.text_config.tie_word_embeddings  # Llama names its embeddings embed_tokens: tied
     inputs = batch(processor, rows)
     assert int((inputs["input_ids"][0] == model.config.image_token_id).sum()) == 4  # 4x4 patches / (2x2)
-    assert torch.isfinite(model(**inputs).loss)
+    out = model(**inputs, output_hidden_states=True)
+    assert torch.isfinite(out.loss)
+    assert torch.allclose(out.logits, model.lm_head(out.hidden_states[-1]))  # the LM's own logits, unscaled
     with pytest.raises(ValueError, match="pixel shuffle comes with the swiglu"):
         ComposeArguments(vision_config=VISION, text_config=GPT2, pixel_shuffle_factor=2)
 
