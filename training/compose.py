@@ -13,7 +13,7 @@ generate() runs it with no code of ours:
 The processor is LlavaProcessor for both (image processor of the encoder + the LM's tokenizer with an <image>
 token and a chat template); its patch_size is the encoder's times d so it expands <image> to the right count.
 
-Checked in transformers 5.23 and 5.25: Llava/AyaVision accept GPT-2, Llama (SmolLM2) and MoE (Qwen2-MoE, Mixtral, OLMoE; all
+Checked in transformers 5.23-5.25: Llava/AyaVision accept GPT-2, Llama (SmolLM2) and MoE (Qwen2-MoE, Mixtral, OLMoE; all
 three in the tests, router aux loss included) text configs and CLIP / SigLIP / ViT vision configs, except that their
 `_tied_weights_keys` name `model.language_model.embed_tokens.weight`, which GPT-2 (`wte`) lacks: constructing
 one with tie_word_embeddings=True raises AttributeError. Such LMs are composed untied, lm_head a copy of the
