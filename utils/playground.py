@@ -156,7 +156,8 @@ class Playground:
             raise ValueError(":ask needs a loaded example (:uid UID or :next)")
         template = get_template(self.data_args.prompt_template)
         messages = to_conversation(self.example, template)["prompt"]
-        return self.ask(template.user_text(self.example.sentence), messages, template.name)
+        text = template.user_text(self.example.sentence, len(self.example.images))
+        return self.ask(text, messages, template.name)
 
 
 def load_playground(

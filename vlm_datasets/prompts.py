@@ -5,10 +5,18 @@ The template name and text are recorded with every run (training and evaluation)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example
+
+_TWO_IMAGES = "the two images"  # the one phrase user_text adapts to the image count
+_LEFT_RIGHT_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_IMAGES = re.compile(r"\bimages?\b", re.IGNORECASE)
+_LEFT_RIGHT = ("left", "right")  # the which-image answers
+_ANY_COUNT = "nlvr2_short"  # a template that names no image, suggested when one cannot be adapted
 
 
 @dataclass(frozen=True)
@@ -19,8 +27,29 @@ class PromptTemplate:
     images_first: bool = True  # Qwen2-VL's usual layout; False puts the text before the images
     label_images: bool = False  # a text label before each image: "Left image:" / "Right image:" (see image_label)
 
-    def user_text(self, sentence: str) -> str:
-        return self.text.replace("{sentence}", sentence)
+    def user_text(self, sentence: str, num_images: int = 2) -> str:
+        """The user turn's text for `num_images` images: "the two images" reads "the image" for one and "the N
+        images" for three or more; two images give the text exactly as written. ValueError for a template that
+        names a left/right pair (any count but 2) or speaks of images when there are none."""
+        return self.text_for(num_images).replace("{sentence}", sentence)
+
+    def text_for(self, num_images: int) -> str:
+        """The template text (with "{sentence}" still in it) fitted to `num_images`; see user_text."""
+        if num_images == 2:
+            return self.text  # byte-identical: the embedded model and the demo were trained on it
+        if num_images < 0:
+            raise ValueError(f"prompt template {self.name!r}: image count {num_images} is negative")
+        if num_images == 0 and _IMAGES.search(self.text):
+            raise self._refusal(num_images, "speaks of images")
+        if _LEFT_RIGHT_WORDS.search(self.text) or set(self.answers) == set(_LEFT_RIGHT):
+            raise self._refusal(num_images, "names a left and a right image")
+        return self.text.replace(_TWO_IMAGES, "the image" if num_images == 1 else f"the {num_images} images")
+
+    def _refusal(self, num_images: int, why: str) -> ValueError:
+        return ValueError(
+            f"prompt template {self.name!r} {why} and cannot be rendered for {num_images} image(s); "
+            f"use a template that fits any image count, e.g. {_ANY_COUNT!r}"
+        )
 
     def answer(self, label: bool) -> str:
         return self.answers[0] if label else self.answers[1]
@@ -53,7 +82,6 @@ TEMPLATES = {
 # texts, so a template added there would change the embedded base. get_template resolves both.
 TASK_FORMATS = ("true_false", "yes_no", "which_image", "counting")
 _YES_NO = ("yes", "no")
-_LEFT_RIGHT = ("left", "right")
 INSTRUCTION_FORMATS: dict[str, tuple[PromptTemplate, ...]] = {
     "true_false": (
         PromptTemplate(
@@ -163,14 +191,15 @@ def to_conversation(example: Example, template: PromptTemplate) -> dict[str, Any
 
     An example that names its own template (meta["prompt_template"]) is rendered with that one."""
     template = example_template(example, template)
+    num_images = len(example.images)
+    try:
+        text = template.user_text(example.sentence, num_images)
+    except ValueError as e:  # the template cannot speak of this many images: say which example has them
+        raise DataError(f"uid {example.uid}", str(e)) from e
     row = {
         "uid": example.uid,
         "images": example.images,
-        "prompt": [
-            user_message(
-                len(example.images), template.user_text(example.sentence), template.images_first, template.label_images
-            )
-        ],
+        "prompt": [user_message(num_images, text, template.images_first, template.label_images)],
     }
     if example.label is not None:
         answer = template.answer(example.label)
