@@ -3,7 +3,7 @@ NLVR2 labels (dev.json-style JSON lines) and the linguistic-phenomenon annotatio
 A composed VLM's run (training/train_vlm.py) writes generated text instead: write_generated / read_generated.
 
     from evals.prediction_files import load_predictions, load_labels, write_predictions_csv
-    labels, sentences = load_labels("../shared/nlvr2/dev.json")
+    labels, sentences = load_labels("nlvr2/data/dev.json")  # the official NLVR2 repository's file
     write_predictions_csv(load_predictions("artifacts/evals/run"), "artifacts/evals/run/predictions.csv")
 
 Every malformed line is a DataError naming file:line (and the uid when there is one).
@@ -69,10 +69,7 @@ def read_prediction_records(path: str | Path) -> list[dict]:
         p_true = row.get("p_true")
         if p_true is not None and (isinstance(p_true, bool) or not isinstance(p_true, int | float)):
             raise DataError(where, f"uid {uid}: p_true {p_true!r} is not a number or null")
-        try:
-            label = parse_label(row.get("label"), uid)
-        except DataError as e:
-            raise DataError(where, f"uid {uid}: {e.problem}") from None
+        label = parse_label(row.get("label"), uid, where=f"{where}: uid {uid}")
         records.append({**row, "label": label})
     return records
 
@@ -153,10 +150,7 @@ def load_labels(path: str | Path) -> tuple[dict[str, bool], dict[str, str]]:
             raise DataError(where, "no identifier")
         if uid in labels:
             raise DataError(where, f"identifier {uid} appears twice")
-        try:
-            label = parse_label(row.get("label"), uid)
-        except DataError as e:
-            raise DataError(where, f"identifier {uid}: {e.problem}") from None
+        label = parse_label(row.get("label"), uid, where=f"{where}: identifier {uid}")
         if label is None:
             raise DataError(where, f"identifier {uid}: no label (an unlabeled split cannot be scored)")
         labels[uid] = label

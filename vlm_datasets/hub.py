@@ -172,17 +172,18 @@ def to_canonical(
         if row[cmap.uid] is None:
             raise DataError(f"{where} row {index}", f"row without a uid (column {cmap.uid!r})")
         uid = parse_uid(row[cmap.uid], f"{where} row {index}")
+        at = f"{where} row {index}, uid {uid}"  # errors name the dataset, the row and the uid
         if row[cmap.sentence] is None:
-            raise DataError(f"uid {uid}", f"missing field 'sentence' (column {cmap.sentence!r})")
-        sentence = parse_sentence(row[cmap.sentence], uid, cmap.sentence)
+            raise DataError(at, f"missing field 'sentence' (column {cmap.sentence!r})")
+        sentence = parse_sentence(row[cmap.sentence], uid, cmap.sentence, where=at)
         label = row[cmap.label] if cmap.label else None
         if label_names is not None and label is not None:
             label = None if label == -1 else label_names[label]  # -1: datasets' "no label" for ClassLabel
-        label = parse_label(label, uid)
+        label = parse_label(label, uid, where=at)
         cells = row[cmap.images[0]] if cmap.images_is_list else [row[c] for c in cmap.images]
         if cells is None or len(cells) == 0 or any(c is None for c in cells):
-            raise DataError(f"uid {uid}", f"missing image (columns {list(cmap.images)})")
-        images = [_to_rgb(cell, f"uid {uid}, image {i}") for i, cell in enumerate(cells)]
+            raise DataError(at, f"missing image (columns {list(cmap.images)})")
+        images = [_to_rgb(cell, f"{at}, image {i}") for i, cell in enumerate(cells)]
         meta = {c: v for c in meta_columns if (v := _json_safe(row[c])) is not _SKIP}
         return Example(uid, images, sentence, label, meta).to_row()
 

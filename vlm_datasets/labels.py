@@ -15,8 +15,14 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UID_RE = re.compile(r"(?P<split>[A-Za-z0-9_]+)-(?P<set_id>[0-9]+)-(?P<pair_id>[0-9]+)-(?P<sentence_id>[0-9]+)")
 
 
-def parse_label(value, uid: str = "?") -> bool | None:
-    """bool | "True"/"false"/"yes"/"1" | 0/1 -> bool; None stays None (unlabeled). Anything else: DataError."""
+def _location(uid: str, where: str | None) -> str:
+    """Where a field error points: the caller's full location (file, line, uid) when it has one, else the uid."""
+    return where if where is not None else f"uid {uid}"
+
+
+def parse_label(value, uid: str = "?", *, where: str | None = None) -> bool | None:
+    """bool | "True"/"false"/"yes"/"1" | 0/1 -> bool; None stays None (unlabeled). Anything else: DataError at
+    `where` (the record's file, line and uid), else at "uid <uid>"."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -29,7 +35,7 @@ def parse_label(value, uid: str = "?") -> bool | None:
             return True
         if v in _FALSE:
             return False
-    raise DataError(f"uid {uid}", f"unparseable label {value!r} (expected True/False, yes/no or 1/0)")
+    raise DataError(_location(uid, where), f"unparseable label {value!r} (expected True/False, yes/no or 1/0)")
 
 
 def parse_uid(value, where: str) -> str:
@@ -44,12 +50,13 @@ def parse_uid(value, where: str) -> str:
     return uid
 
 
-def parse_sentence(value, uid: str, field: str = "sentence") -> str:
-    """The statement: a non-blank string, kept exactly as written (non-ASCII and HTML included)."""
+def parse_sentence(value, uid: str = "?", field: str = "sentence", *, where: str | None = None) -> str:
+    """The statement: a non-blank string, kept exactly as written (non-ASCII and HTML included). DataError at
+    `where` (the record's file, line and uid), else at "uid <uid>"."""
     if not isinstance(value, str):
-        raise DataError(f"uid {uid}", f"field {field!r} must be a string, got {type(value).__name__}")
+        raise DataError(_location(uid, where), f"field {field!r} must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise DataError(f"uid {uid}", f"field {field!r} is blank")
+        raise DataError(_location(uid, where), f"field {field!r} is blank")
     return value
 
 

@@ -169,8 +169,8 @@ def _manifest_items(path: Path, column_map: dict | None, log: SkipLog | None = N
             if uid in seen:
                 raise DataError(where, f"duplicate uid (first at {seen[uid]})")
             seen[uid] = where
-            sentence = parse_sentence(_require(rec, keys["sentence"], where), uid, keys["sentence"])
-            label = parse_label(rec.get(keys["label"]), uid)
+            sentence = parse_sentence(_require(rec, keys["sentence"], where), uid, keys["sentence"], where=where)
+            label = parse_label(rec.get(keys["label"]), uid, where=where)
             names = [_require(rec, k, where) for k in pair] if pair else _require(rec, keys["images"], where)
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
                 raise DataError(where, f"field {keys['images']!r} must be a non-empty list of image paths")

@@ -20,14 +20,23 @@ REQUIRED_FIELDS = ("identifier", "sentence")  # label too, except in unlabeled (
 NUM_IMAGES = 2  # left, right
 
 
+def _readable_uid(value: Any) -> str | None:
+    """The record's identifier when it is a valid uid (named in errors about the record's other fields), else None."""
+    try:
+        return parse_uid(value, "")
+    except DataError:
+        return None
+
+
 def _read_numbered(json_path: Path, log: SkipLog | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     for where, record in read_jsonl(json_path, log):
         missing = [key for key in REQUIRED_FIELDS if record.get(key) is None]
         if missing:
-            error = DataError(where, f"missing field {missing[0]!r}")
+            uid = _readable_uid(record.get("identifier"))
+            error = DataError(where if uid is None else f"{where}, uid {uid}", f"missing field {missing[0]!r}")
             if log is None:
                 raise error
-            log.bad(error, uid=record.get("identifier") if isinstance(record.get("identifier"), str) else None)
+            log.bad(error, uid=uid)
             continue
         yield where, record
 
@@ -83,8 +92,8 @@ def official_items(
                 if stem not in index:
                     raise DataError(where, f"missing image {stem}.png (searched {image_dir} and its subfolders)")
                 paths.append(index[stem])
-            sentence = parse_sentence(rec["sentence"], uid)
-            label = parse_label(rec.get("label"), uid)
+            sentence = parse_sentence(rec["sentence"], uid, where=where)
+            label = parse_label(rec.get("label"), uid, where=where)
         except DataError as e:
             log.bad(e, uid=uid)
             continue

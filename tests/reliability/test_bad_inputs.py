@@ -266,8 +266,8 @@ def test_malformed_hub_rows_fail_or_are_skipped_and_counted(monkeypatch, bad_mir
     assert report["count"] == 3
     reasons = {e["where"]: e["reason"] for e in report["examples"]}
     assert re.match(r"row without a uid", reasons["hub dataset pingzhili/nlvr2 split dev row 1"])
-    assert reasons["uid a-0-2-0"].startswith("unparseable label 'maybe'")
-    assert reasons["uid a-0-3-0, image 0"].startswith("unreadable or corrupt image")
+    assert reasons["hub dataset pingzhili/nlvr2 split dev row 2, uid a-0-2-0"].startswith("unparseable label 'maybe'")
+    assert reasons["hub dataset pingzhili/nlvr2 split dev row 3, uid a-0-3-0, image 0"].startswith("unreadable or")
     # A cache built from it lists them too.
     manifest = json.loads((build_cache(args, ["dev"], tmp_path / "cache") / "manifest.json").read_text())
     assert manifest["skipped"]["dev"]["count"] == 3 and manifest["splits"]["dev"] == 2

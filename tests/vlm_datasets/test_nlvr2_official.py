@@ -138,15 +138,16 @@ def test_corrupt_image_names_the_uid_and_the_file(official_layout, synthetic_exa
 @pytest.mark.parametrize(
     "change, pattern, in_raw_records",
     [
-        (lambda r: r.pop("sentence"), r"dev\.json line 2: missing field 'sentence'", True),
+        (lambda r: r.pop("sentence"), r"dev\.json line 2, uid syn_dev-0-1-0: missing field 'sentence'", True),
         (lambda r: r.pop("identifier"), r"dev\.json line 2: missing field 'identifier'", True),
-        (lambda r: r.update(label="Maybe"), r"uid syn_dev-0-1-0: unparseable label 'Maybe'", False),
+        (lambda r: r.update(label="Maybe"), r"dev\.json line 2, uid syn_dev-0-1-0: unparseable label 'Maybe'", False),
+        (lambda r: r.update(sentence="  "), r"dev\.json line 2, uid syn_dev-0-1-0: field 'sentence' is blank", False),
         (lambda r: r.update(identifier="dev850"), r"uid 'dev850': not an NLVR2 identifier", False),
         ('{"identifier": "dev-1-0-0", "sentence": "cut off', r"dev\.json line 2: malformed JSON", True),
     ],
-    ids=["no-sentence", "no-identifier", "label", "identifier", "json"],
+    ids=["no-sentence", "no-identifier", "label", "blank-sentence", "identifier", "json"],
 )
-def test_bad_annotations_name_the_line_or_uid(official_layout, change, pattern, in_raw_records):
+def test_bad_annotations_name_the_file_line_and_uid(official_layout, change, pattern, in_raw_records):
     """read_annotations (JSON only, for metrics) checks the JSON and the fields; nlvr2_split checks it all."""
     root, _ = official_layout
     _edit_line(root, 1, change)

@@ -240,9 +240,9 @@ def test_bad_hub_rows_name_the_uid():
         "sentence": ["s"],
         "label": ["True"],
     }
-    with pytest.raises(DataError, match=r"uid a-0-0-0: unparseable label 'maybe'"):
+    with pytest.raises(DataError, match=r"^dataset row 0, uid a-0-0-0: unparseable label 'maybe'"):
         to_canonical(datasets.Dataset.from_dict({**good, "label": ["maybe"]}, features=feats))
-    with pytest.raises(DataError, match=r"uid a-0-0-0: missing field 'sentence'"):
+    with pytest.raises(DataError, match=r"^dataset row 0, uid a-0-0-0: missing field 'sentence'"):
         to_canonical(datasets.Dataset.from_dict({**good, "sentence": [None]}, features=feats))
     corrupt = {**good, "images": [[{"bytes": b"not an image", "path": None}, _img(BLUE)]]}
     with pytest.raises(DataError, match=r"uid a-0-0-0, image 0: unreadable or corrupt image"):
@@ -343,7 +343,11 @@ def test_jsonl_folder_needs_the_split_file(tmp_path):
             {"uid": "u2", "images": ["gone.png"], "sentence": "s"},
             r"line 2 \(uid u2\): image not found: .*gone\.png",
         ),
-        ({"uid": "u2", "images": ["a.png"], "sentence": "s", "label": "maybe"}, r"uid u2: unparseable label"),
+        (
+            {"uid": "u2", "images": ["a.png"], "sentence": "s", "label": "maybe"},
+            r"m\.jsonl line 2 \(uid u2\): unparseable label",
+        ),
+        ({"uid": "u2", "images": ["a.png"], "sentence": 5}, r"m\.jsonl line 2 \(uid u2\): field 'sentence' must be a"),
         ({"uid": "u1", "images": ["a.png"], "sentence": "s"}, r"line 2 \(uid u1\): duplicate uid"),
         (
             {"uid": "u2", "images": ["bad.png"], "sentence": "s"},
@@ -358,6 +362,7 @@ def test_jsonl_folder_needs_the_split_file(tmp_path):
         "no-images",
         "missing-image",
         "label",
+        "sentence-number",
         "dup",
         "corrupt",
     ],
