@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -136,9 +135,22 @@ def _fail(cache_dir: Path, file: str | None, problem: str, kind: type[CacheError
     return kind(where, f"{problem}; {_rebuild_hint(cache_dir)}")
 
 
+# The value a setting has when cache_settings leaves its key out (so older caches keep verifying).
+_IMPLIED_SETTINGS = {"bad_examples": "fail", "train_instructions": "single"}
+
+
+def _setting(settings: dict[str, Any], key: str) -> Any:
+    return settings.get(key, _IMPLIED_SETTINGS.get(key))
+
+
 def _settings_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """ "key: cache X, now Y" per differing setting; a key left out reads as its implied value, not None."""
     keys = sorted(set(stored) | set(current))
-    return [f"{k}: cache {stored.get(k)!r}, now {current.get(k)!r}" for k in keys if stored.get(k) != current.get(k)]
+    return [
+        f"{k}: cache {_setting(stored, k)!r}, now {_setting(current, k)!r}"
+        for k in keys
+        if _setting(stored, k) != _setting(current, k)
+    ]
 
 
 def verify_cache(args: DataArguments, cache_dir: str | Path) -> dict[str, Any]:
@@ -238,7 +250,8 @@ def build_cache(args: DataArguments, split_names: Iterable[str], cache_dir: str 
     if not todo:
         return cache_dir
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{uuid.uuid4().hex}")
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 would become the cache's mode; mkdir respects the umask
     try:
         for split in kept:
             for rel in _data_files(cache_dir / split):

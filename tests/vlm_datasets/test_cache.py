@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import datasets
@@ -99,6 +101,30 @@ def test_other_settings_than_the_manifest_are_refused(built, args):
         other = DataArguments(**{**vars(args), **change})
         with pytest.raises(CacheError, match=rf"file manifest\.json: settings differ .*{name}: cache"):
             load_cached_split(other, "dev", built)
+
+
+def test_a_setting_left_out_is_reported_by_its_real_value(tmp_path, manifest_layout):
+    skip = DataArguments(dataset_source="jsonl", dataset_path=str(manifest_layout), bad_examples="skip")
+    cache_dir = build_cache(skip, ["dev"], tmp_path / "cache")
+    default = DataArguments(**{**vars(skip), "bad_examples": "fail"})
+    with pytest.raises(
+        CacheError, match=r"settings differ from the current arguments: bad_examples: cache 'skip', now 'fail'"
+    ):
+        load_cached_split(default, "dev", cache_dir)
+    fail_built = build_cache(default, ["dev"], tmp_path / "fail-cache")  # fail is stored by leaving the key out
+    assert "bad_examples" not in json.loads((fail_built / "manifest.json").read_text())["settings"]
+    assert len(load_cached_split(default, "dev", fail_built)) == 4
+
+
+def test_the_cache_folder_gets_the_mode_of_a_plain_mkdir(tmp_path, args):
+    umask = os.umask(0o022)  # the usual default, which lets others read: a 0700 cache folder would differ
+    try:
+        cache_dir = build_cache(args, ["dev"], tmp_path / "cache")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
+    assert cache_dir.stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 def test_datasets_own_map_caches_next_to_the_files_are_tolerated(built, args):
