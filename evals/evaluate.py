@@ -126,7 +126,15 @@ def nlvr2_metrics(records: list[dict], seed: int = 0) -> dict:
         categories={r["uid"]: r.get("category") for r in labeled},
         seed=seed,
     )
-    keep = ("accuracy_ci", "consistency", "consistency_ci", "n_groups", "categories", "bootstrap")
+    keep = (
+        "accuracy_ci",
+        "consistency",
+        "consistency_ci",
+        "n_groups",
+        "n_consistency_excluded",
+        "categories",
+        "bootstrap",
+    )
     return {k: full[k] for k in keep}
 
 

@@ -1,20 +1,28 @@
 """NLVR2 metrics from uid-keyed predictions and labels, no model and no images: accuracy, consistency, accuracy per
-linguistic phenomenon (or synthetic category) and per balanced/unbalanced subset, each with a seeded bootstrap CI.
+linguistic phenomenon (or synthetic category), accuracy and consistency per balanced/unbalanced subset, each with a
+seeded bootstrap CI.
+
+Paths below are those of the official NLVR2 repository (github.com/lil-lab/nlvr, folder nlvr2/) once cloned.
 
 # A lab evaluation run against the official dev labels, with phenomena and the balanced/unbalanced subsets
-python evals/metrics.py artifacts/evals/run/predictions.jsonl ../shared/nlvr2/dev.json \
-    --annotations ../shared/nlvr2/annotated_dev_examples.txt \
-    --balanced ../shared/nlvr2/balanced/balanced_dev.json --unbalanced ../shared/nlvr2/unbalanced/unbalanced_dev.json
+python evals/metrics.py artifacts/evals/run/predictions.jsonl nlvr2/data/dev.json \
+    --annotations nlvr2/util/annotated_dev_examples.txt \
+    --balanced nlvr2/data/balanced/balanced_dev.json --unbalanced nlvr2/data/unbalanced/unbalanced_dev.json
 
 # Official CSV predictions (identifier,prediction); --intersection scores only the uids both files hold
-python evals/metrics.py predictions.csv ../shared/nlvr2/dev.json --intersection
+python evals/metrics.py predictions.csv nlvr2/data/dev.json --intersection
 
 # Labels (and synthetic categories) from predictions.jsonl itself; also export the official CSV
 python evals/metrics.py artifacts/evals/run/predictions.jsonl --csv-out artifacts/evals/run/predictions.csv
 
-Definitions follow the dataset's README (../shared/nlvr2/README.md): consistency groups examples by identifier with
-the pair_id removed (not by sentence text); an unparseable prediction (null) counts as wrong, never as a guess.
-"""
+Definitions, as NLVR2's own evaluation script (nlvr2/eval/metrics.py) computes them:
+- accuracy (the paper's "precision"): correct predictions / examples; an unparseable prediction (null) counts as
+  wrong, never as a guess.
+- consistency: examples grouped by identifier with the pair_id removed (split-set_id-*-sentence_id: one sentence
+  judged on up to four image pairs of its set; not grouped by sentence text); the fraction of groups whose every
+  example is right. Uids that are not NLVR2 identifiers are left out of it and counted (n_consistency_excluded).
+- a subset (balanced_dev.json, unbalanced_dev.json): both over the subset's own examples, its groups formed from them
+  alone, as the official script gives with the subset file as its labels."""
 
 from __future__ import annotations
 
@@ -97,28 +105,49 @@ def accuracy_block(uids: Sequence[str], correct: Mapping[str, bool], predictions
     }
 
 
-def consistency_groups(uids: Iterable[str]) -> dict[str, list[str]] | None:
-    """{identifier without pair_id: [uid, ...]}; None when a uid is not an NLVR2 identifier."""
+def consistency_groups(uids: Iterable[str]) -> dict[str, list[str]]:
+    """{identifier without pair_id: [uid, ...]} over the uids that are NLVR2 identifiers; the others are left out."""
     groups = defaultdict(list)
     for uid in uids:
         try:
             groups[parse_identifier(uid).consistency_group].append(uid)
-        except DataError:
-            return None
+        except DataError:  # a foreign uid (another dataset's) has no group; it must not switch consistency off
+            continue
     return dict(groups)
 
 
 def consistency_block(uids: Sequence[str], correct: Mapping[str, bool], boot: dict) -> dict:
-    """Fraction of consistency groups with every example correct; the bootstrap resamples groups."""
+    """Fraction of consistency groups with every example correct (None when no uid is an NLVR2 identifier), the
+    bootstrap resampling groups; n_consistency_excluded counts the uids left out (not NLVR2 identifiers)."""
     groups = consistency_groups(uids)
-    if groups is None:
-        return {"consistency": None, "consistency_ci": None, "n_groups": None}
+    excluded = len(uids) - sum(len(members) for members in groups.values())
+    if not groups:
+        return {"consistency": None, "consistency_ci": None, "n_groups": None, "n_consistency_excluded": excluded}
     whole = [all(correct[u] for u in members) for members in groups.values()]
     return {
         "consistency": sum(whole) / len(whole),
         "consistency_ci": bootstrap_ci(whole, **boot),
         "n_groups": len(whole),
+        "n_consistency_excluded": excluded,
     }
+
+
+def subset_uids(name: str, subset: Iterable[str], uids: Sequence[str], labels: Mapping[str, bool]) -> list[str]:
+    """The scored uids (in `uids`' order) that subset `name` lists; refuses identifiers the labels lack."""
+    subset = set(subset)
+    unknown = sorted(subset - set(labels))
+    if unknown:
+        raise DataError(f"subset {name!r}", f"{len(unknown)} identifiers not in the labels: {name_some(unknown)}")
+    return [u for u in uids if u in subset]
+
+
+def consistency_note(metrics: dict) -> str:
+    """One line on the uids left out of consistency (not NLVR2 identifiers), for the CLI and the report."""
+    n = metrics["n_consistency_excluded"]
+    return (
+        f"consistency is over the NLVR2 identifiers only: {n} of {metrics['n']} scored uids are not of the form "
+        "split-set_id-pair_id-sentence_id and were left out of it (accuracy counts them)"
+    )
 
 
 def category_members(
@@ -152,7 +181,8 @@ def compute_metrics(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> dict:
-    """Accuracy, consistency, per-category and per-subset accuracy (each with a bootstrap CI) on uid-keyed data.
+    """Accuracy, consistency, per-category accuracy, per-subset accuracy and consistency (each with a bootstrap CI)
+    on uid-keyed data.
 
     annotations: {sentence text: [phenomenon]} (needs sentences: {uid: text}); categories: {uid: name or [names]}
     (synthetic data); subsets: {name: uids}, e.g. the balanced and unbalanced dev identifiers.
@@ -170,11 +200,10 @@ def compute_metrics(
     }
     metrics["subsets"] = {}
     for name, subset in (subsets or {}).items():
-        subset = set(subset)
-        unknown = sorted(subset - set(labels))
-        if unknown:
-            raise DataError(f"subset {name!r}", f"{len(unknown)} identifiers not in the labels: {name_some(unknown)}")
-        metrics["subsets"][name] = accuracy_block([u for u in uids if u in subset], correct, predictions, boot)
+        # Groups from the subset's own examples only, as the official script gives with the subset file as labels
+        members = subset_uids(name, subset, uids, labels)
+        block = accuracy_block(members, correct, predictions, boot)
+        metrics["subsets"][name] = block | consistency_block(members, correct, boot)
     return metrics | coverage | {"bootstrap": boot}
 
 
@@ -250,8 +279,12 @@ def cli(
         Path | None, typer.Argument(help="Official NLVR2 JSON lines (dev.json); default: the jsonl's own labels.")
     ] = None,
     annotations: Annotated[Path | None, typer.Option(help="annotated_dev_examples.txt (phenomena).")] = None,
-    balanced: Annotated[Path | None, typer.Option(help="balanced_dev.json: accuracy on that subset.")] = None,
-    unbalanced: Annotated[Path | None, typer.Option(help="unbalanced_dev.json: accuracy on that subset.")] = None,
+    balanced: Annotated[
+        Path | None, typer.Option(help="balanced_dev.json: accuracy and consistency on that subset.")
+    ] = None,
+    unbalanced: Annotated[
+        Path | None, typer.Option(help="unbalanced_dev.json: accuracy and consistency on that subset.")
+    ] = None,
     intersection: Annotated[bool, typer.Option(help="Score the shared uids instead of refusing a mismatch.")] = False,
     csv_out: Annotated[Path | None, typer.Option(help="Also write the predictions as the official CSV.")] = None,
     n_resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% CIs.")] = 1000,
@@ -264,6 +297,8 @@ def cli(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(metrics, indent=2))
+    if metrics["consistency"] is not None and metrics["n_consistency_excluded"]:  # stdout stays pure JSON
+        typer.echo(f"note: {consistency_note(metrics)}", err=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ CIs, confusion matrix, reliability diagram of p_true), from the run folder's pre
 # Report of an evaluation run (written into the run folder)
 python evals/report.py artifacts/evals/run
 
-# NLVR2 dev run: accuracy per linguistic phenomenon from the annotations
-python evals/report.py artifacts/evals/run --annotations ../shared/nlvr2/annotated_dev_examples.txt
+# NLVR2 dev run: accuracy per linguistic phenomenon from the annotations (the official NLVR2 repository's file)
+python evals/report.py artifacts/evals/run --annotations nlvr2/util/annotated_dev_examples.txt
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import typer
 from matplotlib.figure import Figure  # no pyplot: a bare Figure saves .png through the Agg canvas, no GUI backend
 
-from evals.metrics import calibration, compute_metrics, confusion_counts
+from evals.metrics import calibration, compute_metrics, confusion_counts, consistency_note
 from evals.prediction_files import gold_from_records, load_annotations, read_prediction_records
 from vlm_datasets.errors import DataError
 
@@ -141,6 +141,8 @@ def render_markdown(run_dir: Path, info: dict, metrics: dict, confusion: dict, c
             f"{metrics['n_groups']} groups: one sentence judged on up to four image pairs (the identifier without its "
             "pair id); a group counts only when every example in it is right"
         )
+        if metrics["n_consistency_excluded"]:
+            lines.append(f"  - note: {consistency_note(metrics)}")
     else:
         lines.append("- **consistency**: n/a (the uids are not NLVR2 identifiers split-set_id-pair_id-sentence_id)")
     lines.append(f"- **unparseable predictions**: {metrics['n_unparseable']} (counted as wrong)")

@@ -4,6 +4,7 @@ missing/extra uids, unparseable = wrong, CSV round trip, seeded bootstrap CIs.""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,28 @@ def test_accuracy_and_official_consistency_differ_from_sentence_grouping():
 def test_consistency_groups_drop_only_the_pair_id():
     groups = consistency_groups(["dev-1-0-0", "dev-1-3-0", "dev-1-0-1", "test1-1-0-0"])
     assert groups == {"dev-1-0": ["dev-1-0-0", "dev-1-3-0"], "dev-1-1": ["dev-1-0-1"], "test1-1-0": ["test1-1-0-0"]}
-    assert consistency_groups(["dev-1-0-0", "not-an-identifier"]) is None
+    assert consistency_groups(["dev-1-0-0", "not-an-identifier"]) == {"dev-1-0": ["dev-1-0-0"]}
     m = compute_metrics({"a": True, "b": False}, {"a": True, "b": True}, n_resamples=10)
-    assert m["consistency"] is None and m["accuracy"] == 0.5
+    assert m["consistency"] is None and m["n_groups"] is None and m["accuracy"] == 0.5
+    assert m["n_consistency_excluded"] == 2
+
+
+def test_one_foreign_uid_is_left_out_of_consistency_and_counted(tmp_path):
+    foreign = "coco-caption-17"  # not split-set_id-pair_id-sentence_id
+    m = compute_metrics(PREDICTIONS | {foreign: False}, LABELS | {foreign: True}, n_resamples=50)
+    assert (m["consistency"], m["n_groups"], m["n_consistency_excluded"]) == (pytest.approx(1 / 3), 3, 1)
+    assert m["n"] == 8 and m["accuracy"] == pytest.approx(5 / 8)  # accuracy still counts it
+    plain = compute_metrics(PREDICTIONS, LABELS, n_resamples=50)
+    assert plain["n_consistency_excluded"] == 0 and m["consistency_ci"] == plain["consistency_ci"]
+    write_records(tmp_path / "predictions.jsonl", FIXTURE | {foreign: ("U", True, False)})
+    result = CliRunner().invoke(cli_app(), [str(tmp_path / "predictions.jsonl"), "--n-resamples", "20"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_consistency_excluded"] == 1
+    assert "1 of 8 scored uids" in result.stderr and "left out" in result.stderr
+    write_records(tmp_path / "plain.jsonl")
+    assert (
+        "left out" not in CliRunner().invoke(cli_app(), [str(tmp_path / "plain.jsonl"), "--n-resamples", "20"]).stderr
+    )
 
 
 def test_unparseable_is_wrong_for_either_label():
@@ -199,9 +219,14 @@ def test_main_uses_the_jsonl_labels_and_categories_and_exports_csv(tmp_path):
     assert read_predictions_csv(tmp_path / "out.csv") == PREDICTIONS
 
 
-def test_cli_prints_json_and_refuses_a_mismatch(tmp_path):
+def cli_app() -> typer.Typer:
     app = typer.Typer()
     app.command()(metrics.cli)
+    return app
+
+
+def test_cli_prints_json_and_refuses_a_mismatch(tmp_path):
+    app = cli_app()
     labels_path = tmp_path / "labels.json"
     labels_path.write_text(
         "".join(json.dumps({"identifier": u, "label": str(y), "sentence": "x"}) + "\n" for u, y in LABELS.items())
@@ -234,3 +259,50 @@ def test_real_dev_all_true_scores_the_share_of_true_labels():
     cardinal = {b[0] for b in blocks if "* hard cardinality" in b}
     assert m["categories"]["hard cardinality"]["n"] == sum(r["sentence"] in cardinal for r in rows) > 0
     assert m["n_groups"] == len({(u.rsplit("-", 3)[0], u.rsplit("-", 3)[1], u.rsplit("-", 3)[3]) for u in labels})
+
+
+def official_scores(predictions: dict[str, bool], label_file: Path) -> tuple[float, float]:
+    """(precision, consistency) as NLVR2's eval/metrics.py gives them with `label_file` as its labels: groups are the
+    file's identifiers with the third dash-field (pair_id) blanked; a group is consistent when all of it is right."""
+    rows = [json.loads(line) for line in label_file.read_text().splitlines() if line.strip()]
+    right = {r["identifier"]: str(predictions[r["identifier"]]).lower() == r["label"].lower() for r in rows}
+    groups: dict[str, bool] = {}
+    for uid, ok in right.items():
+        fields = uid.split("-")
+        fields[2] = ""
+        key = "-".join(fields)
+        groups[key] = groups.get(key, True) and ok
+    return sum(right.values()) / len(rows), sum(groups.values()) / len(groups)
+
+
+def test_subset_accuracy_and_consistency_equal_the_official_script_on_real_dev_lines(tmp_path):
+    rng = random.Random(0)
+    labels = load_labels(NLVR2 / "dev.json")[0]
+    predictions = {u: y if rng.random() < 0.8 else not y for u, y in labels.items()}  # a seeded mix of right and wrong
+    write_predictions_csv(predictions, tmp_path / "predictions.csv")
+    files = {
+        "all": NLVR2 / "dev.json",
+        "balanced": NLVR2 / "balanced" / "balanced_dev.json",
+        "unbalanced": NLVR2 / "unbalanced" / "unbalanced_dev.json",
+    }
+    args = [str(tmp_path / "predictions.csv"), str(files["all"]), "--n-resamples", "50"]
+    args += ["--balanced", str(files["balanced"]), "--unbalanced", str(files["unbalanced"])]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    for name, path in files.items():
+        block = out if name == "all" else out["subsets"][name]
+        official = tuple(round(x, 4) for x in official_scores(predictions, path))
+        assert (round(block["accuracy"], 4), round(block["consistency"], 4)) == official, name
+        assert 0 < official[1] < 1
+        assert block["consistency_ci"][0] <= block["consistency"] <= block["consistency_ci"][1]
+        assert block["n_consistency_excluded"] == 0
+    balanced = load_labels(files["balanced"])[0]
+    assert out["subsets"]["balanced"]["n"] == len(balanced) == 44
+    # The subset's groups hold its own examples: dev's whole groups (some members outside the subset) score otherwise
+    whole = [g for g in consistency_groups(labels).values() if any(u in balanced for u in g)]
+    assert out["subsets"]["balanced"]["n_groups"] == len(whole)
+    whole_consistency = sum(all(predictions[u] == labels[u] for u in g) for g in whole) / len(whole)
+    assert whole_consistency != pytest.approx(out["subsets"]["balanced"]["consistency"])
+    direct = compute_metrics(predictions, labels, subsets={"balanced": balanced}, n_resamples=50)
+    assert direct["subsets"]["balanced"] == out["subsets"]["balanced"]  # the library call, as the CLI

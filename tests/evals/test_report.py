@@ -97,3 +97,14 @@ def test_report_states_the_bad_examples_skipped(tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics | {"n_skipped": 3, "bad_examples": "skip"}))
     text = write_report(run, n_resamples=10).read_text()
     assert "| bad examples | 3 skipped (bad_examples: skip; listed in run_record.json) |" in text
+
+
+def test_report_says_how_many_uids_consistency_left_out(tmp_path):
+    run = write_run(tmp_path / "run")
+    text = write_report(run, n_resamples=10).read_text()
+    assert "over 6 groups" in text and "left out" not in text
+    with (run / "predictions.jsonl").open("a") as fh:  # one uid of another dataset among the NLVR2-style ones
+        fh.write(json.dumps({"uid": "coco-17", "sentence": "x", "label": True, "prediction": True}) + "\n")
+    text = write_report(run, n_resamples=10).read_text()
+    assert "over 6 groups" in text  # consistency kept, over the same groups
+    assert "1 of 13 scored uids are not of the form split-set_id-pair_id-sentence_id and were left out" in text

@@ -119,6 +119,7 @@ def test_metrics_carry_consistency_and_confidence_intervals(tiny_model_dir, tmp_
         split, set_id, _pair, sentence_id = r["uid"].split("-")
         groups.setdefault((split, set_id, sentence_id), []).append(r["prediction"] == r["label"])
     assert metrics["consistency"] == pytest.approx(sum(all(v) for v in groups.values()) / len(groups))
+    assert metrics["n_consistency_excluded"] == 0
     lo, hi = metrics["accuracy_ci"]
     assert lo <= metrics["accuracy"] <= hi
     assert set(metrics["categories"]) == set(metrics["accuracy_by_category"])
