@@ -4,9 +4,10 @@ bootstrap CI, McNemar's exact test, per-category deltas, and the flip lists as u
 # Zero-shot vs fine-tuned on the same split (RUN: an evaluation folder holding predictions.jsonl, or the file itself)
 python evals/compare.py artifacts/evals/zero_shot artifacts/evals/finetuned
 
-# Official CSV predictions need the labels; accuracy per phenomenon from the annotations; choose the output folder
-python evals/compare.py a.csv b.csv --labels ../shared/nlvr2/dev.json \
-    --annotations ../shared/nlvr2/annotated_dev_examples.txt --out artifacts/analysis/compare/a_vs_b
+# Official CSV predictions need the labels; accuracy per phenomenon from the annotations (both files as the official
+# NLVR2 repository holds them); choose the output folder
+python evals/compare.py a.csv b.csv --labels nlvr2/data/dev.json \
+    --annotations nlvr2/util/annotated_dev_examples.txt --out artifacts/analysis/compare/a_vs_b
 
 Writes <out>/compare.json, <out>/wrong_to_right.txt (A wrong, B right) and <out>/right_to_wrong.txt, one uid a line.
 Default out: <artifact root>/analysis/compare/<A name>__vs__<B name>.

@@ -6,10 +6,10 @@ meta holds (synset, writer, validations for NLVR2; scenes for synthetic data), i
 python scripts/inspect_sample.py syn_test-3-1-0 --config evals/configs/embedded_zero_shot.yaml \
     --run artifacts/evals/embedded-zero-shot --run artifacts/evals/embedded-finetuned
 
-# NLVR2 dev from the official files (a folder holding dev.json and images/), phenomena from the annotations, tokens
-# under the real configs' pixel budget, as JSON
+# NLVR2 dev from the official files (a folder holding dev.json and images/), phenomena from the annotations (util/ of
+# the official NLVR2 repository), tokens under the real configs' pixel budget, as JSON
 python scripts/inspect_sample.py dev-850-0-0 --dataset-source nlvr2 --dataset-path /data/nlvr2 --split dev \
-    --annotations ../shared/nlvr2/annotated_dev_examples.txt --model Qwen/Qwen2-VL-2B-Instruct --max-pixels 200704 \
+    --annotations nlvr2/util/annotated_dev_examples.txt --model Qwen/Qwen2-VL-2B-Instruct --max-pixels 200704 \
     --json
 
 # Also copy the images out: the original files (nlvr2, jsonl sources), else PNGs of the images as loaded
