@@ -1,16 +1,19 @@
 # make demo: set up .venv (if needed) and run the main job on the embedded default.
 # make test: set up .venv (if needed) and run the test suite offline.
+# make lock: re-resolve requirements.txt to the newest versions its ranges admit, pin them in constraints.txt, test.
+# .venv installs the pinned stack: requirements.txt's ranges, constrained to constraints.txt's exact versions.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK_VENV := .venv-lock
 
-.PHONY: demo test lint setup clean-artifacts
+.PHONY: demo test lint setup lock clean-artifacts
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --upgrade pip -c constraints.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -24,6 +27,17 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools
+	$(LOCK_VENV)/bin/python -m pip install --quiet -r requirements.txt
+	{ sed -n '1,2p' constraints.txt; \
+	  echo "# Resolved $$(date -u +%F) on Python $$($(LOCK_VENV)/bin/python -c 'import platform as p; print(p.python_version() + ", " + p.system() + " " + p.machine())')."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
+	$(MAKE) test
 
 clean-artifacts:
 	rm -rf artifacts
