@@ -97,7 +97,7 @@ def test_fail_fast_cache_build_leaves_no_cache(measured, tmp_path):
 def test_a_skipping_cache_is_refused_under_fail_fast(measured):
     _, corpora, root = measured
     args = data_args(corpora["jsonl"], "jsonl", "fail")
-    with pytest.raises(CacheError, match=r"settings differ .*bad_examples: cache 'skip', now None"):
+    with pytest.raises(CacheError, match=r"settings differ .*bad_examples: cache 'skip', now 'fail'"):
         load_cached_split(args, SPLIT, root / "cache-jsonl")
 
 
