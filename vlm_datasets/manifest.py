@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
+from utils.artifacts import artifact_dir
 from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
@@ -70,13 +71,19 @@ def content_fingerprint(kind: str, text_file: Path, image_paths: Iterable[Path])
     return h.hexdigest()
 
 
+def arrow_dir() -> Path:
+    """Where the local sources write their Arrow files: <artifact root>/datasets/.arrow, beside the dataset caches,
+    instead of datasets' own cache (HF_DATASETS_CACHE, ~/.cache/huggingface/datasets)."""
+    return artifact_dir("datasets") / ".arrow"
+
+
 def dataset_from_examples(items: list[LocalItem], fingerprint: str, split: str, log: SkipLog) -> datasets.Dataset:
     """Open the items' images and write the examples to Arrow with `Dataset.from_generator`, streamed to disk.
 
-    from_generator reuses its cache by fingerprint; ours hashes the input files' contents and stats, so a
-    changed file gives a fresh build while unchanged files reuse the Arrow files. An item whose images fail to
-    open goes to `log` (raised under bad_examples=fail); when the Arrow files are reused, the items missing from
-    them are opened again so that the log names them and their reason as the first build did.
+    from_generator reuses its cache (under arrow_dir()) by fingerprint; ours hashes the input files' contents and
+    stats, so a changed file gives a fresh build while unchanged files reuse the Arrow files. An item whose images
+    fail to open goes to `log` (raised under bad_examples=fail); when the Arrow files are reused, the items missing
+    from them are opened again so that the log names them and their reason as the first build did.
     """
 
     failed: set[str] = set()
@@ -94,7 +101,11 @@ def dataset_from_examples(items: list[LocalItem], fingerprint: str, split: str, 
     fingerprint = hashlib.sha256(f"{fingerprint}:{split}".encode()).hexdigest()  # one file, several splits
     try:
         ds = datasets.Dataset.from_generator(
-            rows, features=CANONICAL_FEATURES, fingerprint=fingerprint, split=datasets.NamedSplit(split)
+            rows,
+            features=CANONICAL_FEATURES,
+            fingerprint=fingerprint,
+            split=datasets.NamedSplit(split),
+            cache_dir=str(arrow_dir()),
         )
     except DatasetGenerationError as e:  # datasets wraps errors raised in the generator: surface ours as is
         if isinstance(e.__cause__, DataError):

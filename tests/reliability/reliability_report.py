@@ -304,6 +304,7 @@ def summary(rows: list[Row]) -> dict[str, int]:
 
 def main(argv: list[str]) -> None:
     import argparse
+    import os
     import tempfile
     import time
 
@@ -315,6 +316,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         datasets.config.HF_DATASETS_CACHE = str(root / "hf_datasets")
+        os.environ["VLM_STUDIES_ROOT"] = str(root / "artifacts")  # the local sources' Arrow files go there
         start = time.time()
         rows, corpora = measure_loaders(root / "corpus")
         from training.embedded import build_model, build_processor, build_tokenizer

@@ -33,6 +33,7 @@ def measured(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(root / "hf_datasets"))
+        mp.setenv("VLM_STUDIES_ROOT", str(root / "artifacts"))  # the local sources' Arrow files go there
         rows, corpora = measure_loaders(root)
     return {r.case.name: r for r in rows}, corpora, root
 

@@ -66,6 +66,25 @@ def test_every_source_and_its_cache_yield_the_same_examples(
         same_examples(got, reference)
 
 
+def test_local_sources_write_their_arrow_files_under_the_artifact_root(
+    tmp_path, monkeypatch, official_layout, manifest_layout
+):
+    hf_cache, root = tmp_path / "hf_datasets_cache", tmp_path / "root"
+    hf_cache.mkdir()
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", hf_cache)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(hf_cache))
+    monkeypatch.setenv("VLM_STUDIES_ROOT", str(root))
+    nlvr2 = DataArguments(dataset_source="nlvr2", dataset_path=str(official_layout[0]))
+    jsonl = DataArguments(dataset_source="jsonl", dataset_path=str(manifest_layout))
+    for args in (nlvr2, jsonl):
+        first = load_split(args, "dev")
+        assert len(first) == 4
+        assert all(Path(f["filename"]).is_relative_to(root / "datasets" / ".arrow") for f in first.cache_files)
+        assert load_split(args, "dev").cache_files == first.cache_files  # unchanged files: the Arrow files reused
+    assert list(hf_cache.rglob("*")) == []
+    assert len(list((root / "datasets" / ".arrow").rglob("*.arrow"))) == 2
+
+
 def test_synthetic_split_sizes_follow_the_train_split():
     args = DataArguments(synthetic_train_size=5, synthetic_eval_size=3, dataset_train_split="train")
     assert len(synthetic_split(args, "train")) == 5
