@@ -11,11 +11,17 @@ python scripts/demo.py
 
 # Elsewhere, or with a shorter fine-tuning
 python scripts/demo.py --output_dir /tmp/demo --sft_max_steps 100
+
+It ends with the analysis commands to run next on its own outputs (report, gallery of wrong answers, zero-shot vs
+LoRA comparison, playground on the adapter, TensorBoard), paths filled in, then the path of summary.json.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,7 @@ from trl import TrlParser
 
 from evals import finetuned, zero_shot
 from evals.evaluate import make_parser
+from evals.prediction_files import read_prediction_records
 from scripts import build_embedded_model
 from training import sft
 from training.embedded import EMBEDDED_MODEL_DIR
@@ -78,6 +85,41 @@ def _precision_overrides(mode: str) -> list[str]:
     return ["--bf16", "true", *(["--use_cpu", "true"] if on_cpu else [])]
 
 
+def _shown(path: str | Path) -> str:
+    """A path as a printed command gives it: relative to the working directory when inside it, else absolute."""
+    # abspath, not resolve(): a venv's python is a symlink to an interpreter that lacks the venv's packages
+    path = Path(os.path.abspath(path))
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def next_commands(args: DemoArguments, out: Path, logging_dir: str | None) -> list[tuple[str, list[str]]]:
+    """(what it does, argv) of the analysis commands on this demo's outputs, each runnable as printed."""
+    zs, ft, lora = (_shown(out / name) for name in ("zero_shot", "finetuned", "lora"))
+    report, gallery, compare, playground = (
+        [_shown(sys.executable), _shown(REPO / name)]  # this interpreter: make demo's .venv, active or not
+        for name in ("evals/report.py", "scripts/sample_gallery.py", "evals/compare.py", "scripts/model_playground.py")
+    )
+    config = _shown(REPO / args.finetuned_config)  # the data the fine-tuned evaluation read
+    records = read_prediction_records(out / "finetuned" / "predictions.jsonl")
+    wrong = [r["uid"] for r in records if r["prediction"] != r["label"]]
+    uid = (wrong or [records[0]["uid"]])[0]
+    commands = [
+        ("report of the fine-tuned evaluation (report.md + plots in its folder)", [*report, ft]),
+        ("gallery of its wrong answers", [*gallery, "--config", config, "--run", ft, "--wrong"]),
+        ("zero-shot vs LoRA, paired: delta, McNemar's test, the flips as uid lists", [*compare, zs, ft]),
+        (
+            f"the adapter on {uid}" + (", answered wrong" if wrong else ""),
+            [*playground, "--config", config, "--model", _shown(args.model_dir), "--adapter", lora, "--uid", uid]
+            + ["--prompt", "{sentence} True or False?"],
+        ),
+    ]
+    if logging_dir:  # report_to includes tensorboard
+        board = Path(sys.executable).parent / "tensorboard"  # the venv's entry point beside its python
+        board = _shown(board) if board.exists() else "tensorboard"
+        commands.append(("training curves", [board, "--logdir", _shown(logging_dir)]))
+    return commands
+
+
 def main(args: DemoArguments) -> Path:
     start = time.time()
     out = Path(args.output_dir)
@@ -105,7 +147,8 @@ def main(args: DemoArguments) -> Path:
     if args.sft_learning_rate is not None:
         sft_overrides += ["--learning_rate", str(args.sft_learning_rate)]
     sft_overrides += _precision_overrides(args.sft_bf16)
-    trainer = sft.main(*sft.make_parser().parse_args_and_config(sft_overrides))
+    sft_args = sft.make_parser().parse_args_and_config(sft_overrides)
+    trainer = sft.main(*sft_args)
     train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
     print("[4/4] fine-tuned evaluation")
@@ -149,6 +192,9 @@ def main(args: DemoArguments) -> Path:
     }
     path = write_json_atomic(out / "summary.json", summary)
     print(f"wall time: {wall:.0f} s")
+    print("\nNext, on these outputs:")
+    for what, argv in next_commands(args, out, sft_args[-1].logging_dir):  # TensorBoard's folder, as sft recorded it
+        print(f"# {what}\n{shlex.join(argv)}")
     print(path)
     return path
 

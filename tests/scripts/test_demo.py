@@ -1,15 +1,63 @@
-"""The demo wires build -> zero-shot -> LoRA SFT -> fine-tuned eval and ends by printing summary.json's path."""
+"""The demo wires build -> zero-shot -> LoRA SFT -> fine-tuned eval, prints the analysis commands to run next on its
+outputs (each run here as printed) and ends by printing summary.json's path."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import shlex
+import subprocess
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 from scripts import build_embedded_model, demo
 from training.models import cpu_has_native_bf16
+
+REPO = Path(__file__).resolve().parents[2]
+NEXT = "Next, on these outputs:"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, list[str], Path]:
+    """The demo once at tiny size, run from the repository root with an artifact root of its own:
+    (summary.json path, printed lines, artifact root)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    args = demo.DemoArguments(
+        output_dir=str(tmp / "demo"),
+        model_dir=str(tmp / "model"),
+        sft_max_steps=2,
+        max_eval_examples=16,
+        build_vision_steps=0,
+        build_steps=0,
+    )
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):  # module scope: no capsys
+        mp.setenv("VLM_STUDIES_ROOT", str(tmp / "artifacts"))
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp / "hf_datasets"))
+        mp.chdir(REPO)
+        path = demo.main(args)
+    return Path(path), printed.getvalue().strip().splitlines(), tmp / "artifacts"
+
+
+def printed_commands(lines: list[str]) -> dict[str, list[str]]:
+    """The commands printed between NEXT and the summary path (comment lines skipped), by script or program name."""
+    block = lines[lines.index(NEXT) + 1 : -1]
+    commands = [shlex.split(line) for line in block if not line.startswith("#")]
+    return {Path(argv[1] if "python" in Path(argv[0]).name else argv[0]).stem: argv for argv in commands}
+
+
+def run_verbatim(argv: list[str], root: Path) -> subprocess.CompletedProcess:
+    """A printed command in a fresh process from the repository root, on the demo's artifact root, offline."""
+    env = os.environ | {"VLM_STUDIES_ROOT": str(root), "HF_DATASETS_CACHE": str(root.parent / "hf_datasets")}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
+    return result
 
 
 def test_build_reuses_a_matching_build_and_rebuilds_otherwise(tmp_path):
@@ -26,26 +74,51 @@ def test_build_reuses_a_matching_build_and_rebuilds_otherwise(tmp_path):
     assert not (tmp_path / "m.building").exists()
 
 
-def test_demo_end_to_end_small(tmp_path, capsys, isolated_artifacts):
-    args = demo.DemoArguments(
-        output_dir=str(tmp_path / "demo"),
-        model_dir=str(tmp_path / "model"),
-        sft_max_steps=2,
-        max_eval_examples=16,
-        build_vision_steps=0,
-        build_steps=0,
-    )
-    path = demo.main(args)
-    lines = capsys.readouterr().out.strip().splitlines()
+def test_demo_end_to_end_small(demo_run):
+    path, lines, _ = demo_run
     assert lines[-1] == str(path)
-    summary = json.loads(Path(path).read_text())
+    summary = json.loads(path.read_text())
     assert {"zero_shot_accuracy", "finetuned_accuracy", "n_eval", "wall_seconds"} <= summary.keys()
     assert summary["n_eval"] == 16 and summary["sft_steps"] == 2 and summary["sft_batch_size"] == 96
     assert summary["sft_learning_rate"] == 1.5e-3
     assert summary["sft_bf16"] == (not torch.cuda.is_available() and cpu_has_native_bf16())
-    ft = [json.loads(x) for x in (tmp_path / "demo" / "finetuned" / "predictions.jsonl").read_text().splitlines()]
+    ft = [json.loads(x) for x in (path.parent / "finetuned" / "predictions.jsonl").read_text().splitlines()]
     assert summary["finetuned_accuracy"] == sum(p["prediction"] == p["label"] for p in ft) / 16
     assert any("zero-shot" in line and "LoRA" in line for line in lines)
+
+
+def test_demo_prints_next_commands_that_run_as_printed(demo_run):
+    path, lines, root = demo_run
+    out = path.parent
+    commands = printed_commands(lines)
+    assert set(commands) == {"report", "sample_gallery", "compare", "model_playground", "tensorboard"}
+    records = [json.loads(x) for x in (out / "finetuned" / "predictions.jsonl").read_text().splitlines()]
+    wrong = [r["uid"] for r in records if r["prediction"] != r["label"]]
+
+    report = run_verbatim(commands["report"], root)
+    assert str(out / "finetuned" / "report.md") in report.stdout and (out / "finetuned" / "report.md").exists()
+
+    page = Path(run_verbatim(commands["sample_gallery"], root).stdout.strip().splitlines()[-1])
+    assert page.exists() and (page.parent / "uids.txt").read_text().split() == wrong
+
+    compare = run_verbatim(commands["compare"], root)
+    result = json.loads((root / "analysis" / "compare" / "zero_shot__vs__finetuned" / "compare.json").read_text())
+    runs = [str(out / name / "predictions.jsonl") for name in ("zero_shot", "finetuned")]
+    assert [result["run_a"], result["run_b"], result["n"]] == [*runs, 16]
+    assert "delta B - A" in compare.stdout
+
+    argv = commands["model_playground"]
+    uid = argv[argv.index("--uid") + 1]
+    assert uid == (wrong or [records[0]["uid"]])[0]
+    answer = run_verbatim(argv, root).stdout.strip()
+    (logged,) = [json.loads(x) for x in (root / "logs" / "playground.jsonl").read_text().splitlines()]
+    assert logged["adapter"] == str(out / "lora") and logged["model"] == str(out.parent / "model")
+    assert logged["prompt"].endswith(" True or False?") and "{sentence}" not in logged["prompt"]
+    assert logged["output"].strip() == answer
+
+    board = commands["tensorboard"]  # serves until stopped: --inspect reads the same folder and exits
+    assert Path(board[board.index("--logdir") + 1]) == root / "logs" / "lora"
+    assert "train/train_loss" in run_verbatim([*board, "--inspect"], root).stdout  # 2 steps: the closing log only
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU flags; on a GPU bf16 needs no use_cpu")
