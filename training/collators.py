@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from training.vision_cache import KEYS_FIELD, image_keys
 from vlm_datasets.captions import to_chat
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
@@ -82,20 +83,25 @@ class PromptCompletionCollator:
 
 
 class ExampleCollator:
-    """Canonical example rows (uid, images, sentence, label, meta) -> template -> `PromptCompletionCollator`."""
+    """Canonical example rows (uid, images, sentence, label, meta) -> template -> `PromptCompletionCollator`; with
+    `vision_cache_keys` (set by training.vision_cache) also one key per image under `KEYS_FIELD`."""
 
     def __init__(self, processor, template, max_length: int | None = None):
         self.template = template
         self.inner = PromptCompletionCollator(processor, max_length=max_length)
+        self.vision_cache_keys = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        conversations = []
-        for row in rows:
-            example = row_to_example(row)
+        examples = [row_to_example(row) for row in rows]
+        for example in examples:
             if example.label is None:
                 raise DataError(f"uid {example.uid}", "unlabeled example in a training batch")
-            conversations.append(to_conversation(example, self.template))
-        return self.inner(conversations)
+        batch = self.inner([to_conversation(example, self.template) for example in examples])
+        if self.vision_cache_keys:
+            uids, counts = [e.uid for e in examples], [len(e.images) for e in examples]
+            ip = self.inner.processor.image_processor
+            batch[KEYS_FIELD] = image_keys(uids, counts, ip, batch.get("image_grid_thw"))
+        return batch
 
 
 class CaptionCollator:

@@ -28,6 +28,7 @@ from PIL import Image
 from training.collators import IGNORE_INDEX, render
 from training.models import has_grid
 from training.preflight import TokenBudget, check_token_budget
+from training.vision_cache import KEYS_FIELD, image_keys
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
@@ -162,11 +163,13 @@ class TokenizedCollator:
 
     Masked: system/user turns, image tokens, the assistant header and the padding. Never truncates: a row longer than
     `max_length` raises naming its uid. The pixels' image tokens must match the ids' (else the processor's settings
-    changed since tokenizing), checked per batch.
+    changed since tokenizing), checked per batch. With `vision_cache_keys` (set by training.vision_cache) the batch
+    also carries one key per image (uid, index, pixel settings, grid) under `KEYS_FIELD`.
     """
 
     processor: Any
     max_length: int | None = None
+    vision_cache_keys: bool = False
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(rows, key=lambda r: len(r["input_ids"]))
@@ -199,6 +202,9 @@ class TokenizedCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **pixels}
         if "mm_token_type_ids" in self.processor.model_input_names:  # Qwen2VLProcessor returns it; LlavaProcessor not
             batch["mm_token_type_ids"] = image_tokens.long()  # 1 on image tokens
+        if self.vision_cache_keys:  # list of (uid, index, settings, t, h, w); the backbone takes it out of the forward
+            uids, counts = [r["uid"] for r in rows], [len(r["images"]) for r in rows]
+            batch[KEYS_FIELD] = image_keys(uids, counts, self.processor.image_processor, pixels.get("image_grid_thw"))
         return batch
 
 

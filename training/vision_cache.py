@@ -1,12 +1,20 @@
 """A cache of the frozen vision tower's output: each image's features computed once, then served from memory.
 
 With the vision tower (Qwen2-VL's `model.model.visual`, ViT + merger) frozen, a LoRA step recomputes the same
-features for the same image every epoch. `install` replaces `get_image_features` on the model's Qwen2VLModel
-(instance attribute; the class is untouched): each image is keyed by a SHA-1 of its rows of `pixel_values`
-(prod(grid_thw) rows per image, dtype and width included) plus its grid_thw; only the images not yet cached go
-through the tower, in one call, under no_grad, and the result has the structure `Qwen2VLModel.forward` reads:
-`pooler_output` split per image (image_grid_thw order), detached, on the tower's device in its dtype.
-`last_hidden_state` (the patches before the merger) is not kept: None.
+features for the same image every epoch. `install` replaces `get_image_features` and `forward` on the model's
+Qwen2VLModel (instance attributes; the class is untouched). Each image is keyed by (uid, its index in the example,
+the image processor's settings, its grid_thw), which the collator puts in the batch (`KEYS_FIELD`, asked for by
+`use_vision_cache`) and the backbone's forward takes out before anything below it sees it: no pixel is read to make
+a key, so on a GPU nothing is copied to the host. Only the images not yet cached go through the tower, in one call,
+under no_grad, and the result has the structure `Qwen2VLModel.forward` reads: `pooler_output` split per image
+(image_grid_thw order), detached, on the tower's device in its dtype. `last_hidden_state` (the patches before the
+merger) is not kept: None. A call without keys (generation, a collator that does not key its images) runs the tower
+as usual, counted as bypassed.
+
+A key names an image only as long as a uid names one example's images in the run: the sources refuse duplicate uids,
+and NLVR2's and the synthetic set's uids name their split. The settings are a digest of the image processor's whole
+configuration (min_pixels/max_pixels as `size`, patch and merge sizes, mean/std, rescaling, resampling), so the same
+uid under another pixel budget is another image.
 
 Served features are the very values the tower computed for that image (kept in host memory, copied back bitwise).
 On the CPU the tower's output for an image does not depend on the other images of the call (checked bitwise with
@@ -23,11 +31,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
-import os
 import time
 import types
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +49,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel")
 MODES = ("auto", "true", "false")
 ATTRIBUTE = "vision_feature_cache"  # the VisionFeatureCache on the backbone
+KEYS_FIELD = "image_cache_keys"  # the batch field with one key per image (image_keys), taken out by the backbone
 # kwargs that change what the tower computes or returns: such a call is not served from the cache
 _PRECOMPUTED = ("position_ids", "cu_seqlens", "max_seqlen")
 _OUTPUTS = ("output_attentions", "output_hidden_states")
@@ -57,7 +67,17 @@ class VisionFeatureCache:
     computed: int = 0  # images run through the tower (a batch's duplicates once)
     bypassed_calls: int = 0  # calls computed without the cache (hidden states asked for, tower made trainable, ...)
     full: bool = False
+    keys: list[tuple] | None = None  # the current call's image keys (set by the backbone's forward or `keyed`)
     _warned: set = field(default_factory=set)
+
+    @contextmanager
+    def keyed(self, keys: list[tuple] | None):
+        """Within the block, get_image_features reads `keys` as the keys of its images (pixel_values' order)."""
+        before, self.keys = self.keys, keys
+        try:
+            yield
+        finally:
+            self.keys = before
 
     def add(self, key: tuple, features: torch.Tensor) -> None:
         if self.full:
@@ -122,36 +142,35 @@ def why_not_cacheable(tower: torch.nn.Module) -> list[str]:
     return problems
 
 
-def _sha1(data) -> bytes:
-    return hashlib.sha1(data, usedforsecurity=False).digest()
+def pixel_settings(image_processor) -> str:
+    """A digest of the image processor's configuration: everything that changes pixel_values for a given image
+    (size, i.e. min_pixels/max_pixels, patch, temporal patch and merge sizes, mean/std, rescaling, resampling)."""
+    config = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha1(config.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
-def image_keys(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, threads_above_mb: float = 16) -> list[tuple]:
-    """One key per image: SHA-1 of its prod(grid_thw) rows of pixel_values (bytes, dtype, row width) + its grid.
+def image_keys(
+    uids: Sequence[str], counts: Sequence[int], image_processor, image_grid_thw: torch.Tensor | None
+) -> list[tuple]:
+    """One key per image, in pixel_values' order: (uid, index of the image in its example, pixel_settings, t, h, w).
 
-    ~2.5 ms for the embedded default's 4.8 MB batch on one core. A batch over `threads_above_mb` (Qwen2-VL-2B at
-    448x448: ~4.8 MB per image in float32) is hashed by several threads (hashlib releases the GIL)."""
-    grids = [tuple(g) for g in image_grid_thw.tolist()]
-    flat = pixel_values.detach().to("cpu").contiguous()  # [patches, C*T*P*P]
-    raw = flat.reshape(flat.shape[0], -1).view(torch.uint8).numpy()  # [patches, bytes per row]
-    bounds = [0]
-    for t, h, w in grids:
-        bounds.append(bounds[-1] + t * h * w)
-    if bounds[-1] != flat.shape[0]:
-        raise ValueError(f"pixel_values has {flat.shape[0]} rows; image_grid_thw covers {bounds[-1]}")
-    tag = f"|{flat.dtype}|{raw.shape[1]}".encode()  # two byte-identical images in different dtypes differ
-    parts = [memoryview(raw[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
-    if raw.nbytes > threads_above_mb * 2**20 and len(parts) > 1:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            digests = list(pool.map(_sha1, parts))
-    else:
-        digests = [_sha1(part) for part in parts]
-    return [(digest, tag, *grid) for digest, grid in zip(digests, grids, strict=True)]
+    `counts` gives each example's number of images; `image_grid_thw` [images, 3] is the processor's output, on the
+    host (the collator's batch before it is moved)."""
+    if image_grid_thw is None:
+        raise ValueError(f"{type(image_processor).__name__} gives no image_grid_thw: its images cannot be keyed")
+    grids = image_grid_thw.tolist()
+    if sum(counts) != len(grids):
+        raise ValueError(f"{sum(counts)} images in the rows, {len(grids)} in image_grid_thw")
+    settings = pixel_settings(image_processor)
+    indices = ((uid, i) for uid, n in zip(uids, counts, strict=True) for i in range(n))
+    return [(uid, i, settings, *grid) for (uid, i), grid in zip(indices, grids, strict=True)]
 
 
 def _bypass_reason(self, image_grid_thw, kwargs: dict) -> str | None:
     if image_grid_thw is None:
         return "no image_grid_thw"
+    if getattr(self, ATTRIBUTE).keys is None:
+        return "a call without image keys (generation, or a collator that does not key its images)"
     if kwargs.get("return_dict") is False:
         return "return_dict=False"
     if any(kwargs.get(k) for k in _OUTPUTS):
@@ -172,8 +191,11 @@ def _cached_get_image_features(self, pixel_values: torch.Tensor, image_grid_thw=
         cache.warn_once(reason)
         return compute(self, pixel_values, image_grid_thw, **kwargs)
     kwargs.pop("return_dict", None)
-    keys = image_keys(pixel_values, image_grid_thw)
-    rows = image_grid_thw.prod(-1).tolist()
+    keys = cache.keys
+    grids = image_grid_thw.tolist()  # [images, 3]: a few integers, the only values read back from the device
+    if len(keys) != len(grids) or any(tuple(k[-3:]) != tuple(g) for k, g in zip(keys, grids, strict=False)):
+        raise ValueError(f"{len(keys)} image keys do not match the call's {len(grids)} images' grids")
+    rows = [t * h * w for t, h, w in grids]
     starts = [0, *itertools.accumulate(rows)]  # each image's first row in pixel_values
     missing: dict[tuple, int] = {}  # key -> index of its first image in this call
     for i, key in enumerate(keys):
@@ -201,6 +223,12 @@ def _cached_get_image_features(self, pixel_values: torch.Tensor, image_grid_thw=
     return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=tuple(computed[k] for k in keys))
 
 
+def _keyed_forward(self, *args, **kwargs):
+    """Qwen2VLModel.forward with the batch's image keys (KEYS_FIELD) taken out and handed to get_image_features."""
+    with getattr(self, ATTRIBUTE).keyed(kwargs.pop(KEYS_FIELD, None)):
+        return type(self).forward(self, *args, **kwargs)
+
+
 def install(model, max_gb: float) -> VisionFeatureCache:
     """Serve `model`'s image features from a new cache of at most `max_gb` GB; returns the cache."""
     inner = vision_backbone(model)
@@ -210,13 +238,14 @@ def install(model, max_gb: float) -> VisionFeatureCache:
     setattr(inner, ATTRIBUTE, cache)
     # bound to the instance: a deepcopy of the model gets its own binding (and its own cache)
     inner.get_image_features = types.MethodType(_cached_get_image_features, inner)
+    inner.forward = types.MethodType(_keyed_forward, inner)
     return cache
 
 
 def uninstall(model) -> None:
     inner = vision_backbone(model)
     if inner is not None and hasattr(inner, ATTRIBUTE):
-        del inner.get_image_features
+        del inner.get_image_features, inner.forward
         delattr(inner, ATTRIBUTE)
 
 
@@ -258,7 +287,7 @@ def precompute(model, dataset, collator, batch_size: int, show_progress: bool = 
     for batch in dataset.iter(batch_size=batch_size):
         rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         pixels = collator(rows)
-        with torch.no_grad():
+        with torch.no_grad(), cache.keyed(pixels[KEYS_FIELD]):
             inner.get_image_features(pixels["pixel_values"].to(device), pixels["image_grid_thw"].to(device))
         bar.update(len(rows))
         if cache.full:
@@ -286,14 +315,34 @@ class VisionCacheReport:
         return out
 
 
+def keys_collator(collator) -> bool:
+    """Whether `collator` can put the image keys in its batches (a `vision_cache_keys` switch): then turns it on."""
+    if not hasattr(collator, "vision_cache_keys"):
+        return False
+    collator.vision_cache_keys = True
+    return True
+
+
 def use_vision_cache(trainer, lab_args, train_dataset=None, collator=None) -> VisionCacheReport:
     """Apply lab_args.vision_feature_cache* to a built trainer (after PEFT wrapped its model, so LoRA targets and
-    modules_to_save are known); precompute over `train_dataset` when asked (a stream cannot be: warned)."""
-    on, reason = decide(lab_args.vision_feature_cache, trainer.model)
-    report = VisionCacheReport(lab_args.vision_feature_cache, on, reason)
+    modules_to_save are known); the trainer's collator (and `collator`, used to precompute) then keys
+    its images. Precompute over `train_dataset` when asked (a stream cannot be: warned)."""
+    mode = lab_args.vision_feature_cache
+    on, reason = decide(mode, trainer.model)
+    if on and not hasattr(trainer.data_collator, "vision_cache_keys"):
+        if mode == "true":
+            raise ValueError(
+                f"vision_feature_cache: true needs a collator that keys its images; "
+                f"{type(trainer.data_collator).__name__} does not"
+            )
+        on, reason = False, f"off (auto: {type(trainer.data_collator).__name__} does not key its images)"
+    report = VisionCacheReport(mode, on, reason)
     logger.info("vision feature cache: %s", reason)
     if not on:
         return report
+    keys_collator(trainer.data_collator)
+    if collator is not None and not keys_collator(collator):
+        collator = trainer.data_collator  # precompute through the trainer's own
     report.cache = install(trainer.model, lab_args.vision_feature_cache_max_gb)
     if lab_args.vision_feature_cache_precompute:
         if train_dataset is None or not hasattr(train_dataset, "iter") or not hasattr(train_dataset, "__len__"):

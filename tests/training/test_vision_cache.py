@@ -1,8 +1,10 @@
 """The frozen vision tower's feature cache: training with it gives the uncached losses and adapter, later epochs are
-served from it, a trainable tower turns it off (auto) or is refused (true), and the memory cap holds."""
+served from it, images are keyed by (uid, index, pixel settings, grid) without reading a pixel, a trainable tower
+turns it off (auto) or is refused (true), and the memory cap holds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -105,22 +107,25 @@ def test_a_trainable_vision_tower_turns_auto_off_and_true_is_refused(
 
 
 def images_and_model(tiny_model_dir, n: int):
+    """The first n synthetic images, their pixels and keys (one image per uid), and the tiny model in float32."""
     processor = load_processor(str(tiny_model_dir), max_pixels=3136)
     rows = load_split(DataArguments(synthetic_train_size=n, max_pixels=3136), "train")
     images = [img for row in rows for img in row["images"]][:n]
     pixels = processor.image_processor(images=images, return_tensors="pt")  # pixel_values [16 n, 1176]
+    keys = vision_cache.image_keys([f"u{i}" for i in range(n)], [1] * n, processor.image_processor,
+                                   pixels["image_grid_thw"])  # fmt: skip
     model = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
-    return model, pixels["pixel_values"], pixels["image_grid_thw"]
+    return model, pixels["pixel_values"], pixels["image_grid_thw"], keys
 
 
 def test_served_features_are_the_towers_and_the_cap_holds(tiny_model_dir, caplog):
-    model, pixel_values, grid = images_and_model(tiny_model_dir, 8)
+    model, pixel_values, grid, keys = images_and_model(tiny_model_dir, 8)
     inner = model.model
     with torch.no_grad():
         expected = inner.get_image_features(pixel_values, grid).pooler_output  # uncached, per image
     per_image = expected[0].numel() * expected[0].element_size()
     cache = vision_cache.install(model, max_gb=3.5 * per_image / 2**30)  # room for 3 images
-    with caplog.at_level(logging.WARNING, logger="training.vision_cache"):
+    with caplog.at_level(logging.WARNING, logger="training.vision_cache"), cache.keyed(keys):
         first = inner.get_image_features(pixel_values, grid, return_dict=True).pooler_output
         second = model.get_image_features(pixel_values, grid).pooler_output  # the outer model's, same path
     assert len(first) == len(second) == 8
@@ -134,26 +139,80 @@ def test_served_features_are_the_towers_and_the_cap_holds(tiny_model_dir, caplog
     assert stats["hits"] == 3 and stats["misses"] == 8 + 5 and stats["computed"] == 8 + 5
     assert sum("cap of" in r.message for r in caplog.records) == 1  # logged once
 
-    # hidden states asked for: the tower runs as usual, the result is the uncached one
-    out = inner.get_image_features(pixel_values, grid, output_hidden_states=True, return_dict=True)
+    # hidden states asked for, or no keys (generation): the tower runs as usual, the result is the uncached one
+    with cache.keyed(keys):
+        out = inner.get_image_features(pixel_values, grid, output_hidden_states=True, return_dict=True)
     assert out.hidden_states is not None and cache.bypassed_calls == 1
     assert all(torch.equal(a, b) for a, b in zip(out.pooler_output, expected, strict=True))
+    unkeyed = inner.get_image_features(pixel_values, grid, return_dict=True).pooler_output
+    assert all(torch.equal(a, b) for a, b in zip(unkeyed, expected, strict=True)) and cache.bypassed_calls == 2
+    with cache.keyed(keys[:-1]), pytest.raises(ValueError, match="7 image keys do not match"):
+        inner.get_image_features(pixel_values, grid)
     vision_cache.uninstall(model)
-    assert vision_cache.installed(model) is None and "get_image_features" not in vars(inner)
+    assert vision_cache.installed(model) is None
+    assert "get_image_features" not in vars(inner) and "forward" not in vars(inner)
 
 
-def test_keys_follow_the_pixels_and_the_grid(tiny_model_dir):
-    _, pixel_values, grid = images_and_model(tiny_model_dir, 3)
-    keys = vision_cache.image_keys(pixel_values, grid)
-    assert len(set(keys)) == 3
-    changed = pixel_values.clone()
-    changed[16, 0] += 1e-3  # one value of the second image (16 rows each)
-    new = vision_cache.image_keys(changed, grid)
-    assert new[0] == keys[0] and new[1] != keys[1] and new[2] == keys[2]
-    assert vision_cache.image_keys(pixel_values.to(torch.bfloat16), grid)[0] != keys[0]
-    assert vision_cache.image_keys(pixel_values, grid, threads_above_mb=0) == keys  # hashed in threads: the same
-    with pytest.raises(ValueError, match="rows"):
-        vision_cache.image_keys(pixel_values[:-1], grid)
+def test_keys_name_uid_index_pixel_settings_and_grid(tiny_model_dir):
+    processor = load_processor(str(tiny_model_dir), max_pixels=3136)
+    ip = processor.image_processor
+    grid = torch.tensor([[1, 4, 4], [1, 4, 4], [1, 4, 4]])
+    keys = vision_cache.image_keys(["a", "b"], [2, 1], ip, grid)
+    assert [k[:2] for k in keys] == [("a", 0), ("a", 1), ("b", 0)] and len(set(keys)) == 3
+    assert vision_cache.image_keys(["a", "b"], [2, 1], ip, grid) == keys  # the same images: the same keys
+    # the same uid under another pixel budget (or any other pixel setting) is another image
+    for min_pixels, max_pixels in ((3136, 6272), (784, 3136)):
+        other = load_processor(str(tiny_model_dir), min_pixels=min_pixels, max_pixels=max_pixels).image_processor
+        assert not set(vision_cache.image_keys(["a", "b"], [2, 1], other, grid)) & set(keys)
+    other = load_processor(str(tiny_model_dir), max_pixels=3136).image_processor
+    other.image_mean = [0.5, 0.5, 0.5]
+    assert vision_cache.image_keys(["a"], [1], other, grid[:1])[0] != keys[0]
+    assert vision_cache.image_keys(["a"], [1], ip, torch.tensor([[1, 2, 8]]))[0] != keys[0]  # another grid
+    with pytest.raises(ValueError, match="3 images in the rows, 2"):
+        vision_cache.image_keys(["a", "b"], [2, 1], ip, grid[:2])
+
+
+class PixelReads(torch.overrides.TorchFunctionMode):
+    """Records the name of every torch function or tensor method called with `tensor` as an argument."""
+
+    def __init__(self, tensor):
+        super().__init__()
+        self.tensor, self.calls = tensor, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if any(a is self.tensor for a in (*args, *(kwargs or {}).values())):
+            self.calls.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_keyed_path_never_copies_or_hashes_pixels(tiny_model_dir, monkeypatch):
+    model, pixel_values, grid, keys = images_and_model(tiny_model_dir, 6)
+    inner = model.model
+    cache = vision_cache.install(model, max_gb=1)
+    hashed, sha1 = [], hashlib.sha1
+    monkeypatch.setattr(hashlib, "sha1", lambda *a, **k: hashed.append(a) or sha1(*a, **k))
+    first = pixel_values[: 3 * 16]
+    with cache.keyed(keys[:3]), PixelReads(first) as reads:  # 3 misses: sliced for the tower
+        inner.get_image_features(first, grid[:3])
+    assert reads.calls and set(reads.calls) <= {"__getitem__"}
+    with cache.keyed(keys), PixelReads(pixel_values) as reads:  # 3 hits, 3 misses
+        inner.get_image_features(pixel_values, grid)
+    assert set(reads.calls) == {"__getitem__"} and len(reads.calls) == 3  # the 3 missing images' rows, nothing else
+    with cache.keyed(keys), PixelReads(pixel_values) as reads:  # all hits: the pixels are not touched at all
+        served = inner.get_image_features(pixel_values, grid).pooler_output
+    assert reads.calls == [] and hashed == [] and len(served) == 6
+    stats = cache.stats()
+    assert (stats["images"], stats["hits"], stats["misses"], stats["computed"], stats["bypassed_calls"]) == (
+        6,
+        9,
+        6,
+        6,
+        0,
+    )
+    # served from the keys alone: pixels on the meta device (no data to copy) give the same features
+    with cache.keyed(keys):
+        meta = inner.get_image_features(pixel_values.to("meta"), grid).pooler_output
+    assert all(torch.equal(a, b) for a, b in zip(meta, served, strict=True))
 
 
 def test_the_setting_is_validated():
