@@ -37,8 +37,9 @@ class LabModelArguments:
         default="auto",
         metadata={
             "help": "Training: compute each image's vision-tower features once and serve them from memory after "
-            "(training/vision_cache.py). auto: on exactly when the vision tower (ViT + merger) has no trainable "
-            "parameter and no dropout (LoRA's default); true: on, refused with a trainable tower; false: off.",
+            "(training/vision_cache.py). auto: on exactly on the CPU (the only device where a gain was measured) "
+            "when the vision tower (ViT + merger) has no trainable parameter and no dropout (LoRA's default); true: "
+            "on, on any device, refused with a trainable tower; false: off.",
             "choices": ["auto", "true", "false"],
         },
     )
@@ -59,8 +60,8 @@ class LabModelArguments:
         metadata={
             "help": "Training: run the tokens every row of a batch starts with (system turn, user header, first "
             "image label) through the language model once per batch (training/shared_prefix.py). auto: on exactly "
-            "when the language model has no dropout and gradient checkpointing is off; true: on, refused otherwise; "
-            "false: off.",
+            "on the CPU (the only device where a gain was measured) when the language model has no dropout and "
+            "gradient checkpointing is off; true: on, on any device, refused otherwise; false: off.",
             "choices": ["auto", "true", "false"],
         },
     )

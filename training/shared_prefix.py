@@ -15,7 +15,9 @@ linear work), about 20 of ~556 on Qwen2-VL-2B with two 448x448 images (~4%). The
 computation (counted) when nothing is shared (left padding, rows differing from the first token), when a cache is
 passed or asked for (generation), or when hidden states or attentions are asked for. Refused (with `auto`: off) when
 the text model's training would differ: a dropout in it (one mask for the prefix instead of B) or gradient
-checkpointing (which drops the cache inside checkpointed layers). Not tried: FSDP, DeepSpeed ZeRO-3.
+checkpointing (which drops the cache inside checkpointed layers). `auto` is also off on device types where no gain
+was measured (only the CPU is in `MEASURED_ON`: docs/training_speed.md); `true` runs on any device. Not tried: FSDP,
+DeepSpeed ZeRO-3.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from training.vision_cache import vision_backbone
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "true", "false")
+# Device types where `auto` turns it on: where a measurement showed a gain (docs/training_speed.md).
+MEASURED_ON = ("cpu",)
 ATTRIBUTE = "shared_prefix_stats"  # the SharedPrefixStats on the text model
 MIN_TOKENS = 2  # a shorter shared prefix is run with the rest (its own call costs more than it saves)
 _OUTPUTS = ("output_attentions", "output_hidden_states")
@@ -179,12 +183,15 @@ def installed(model) -> SharedPrefixStats | None:
     return getattr(lm, ATTRIBUTE, None) if lm is not None else None
 
 
-def decide(mode: str, model) -> tuple[bool, str]:
-    """(on, why) for shared_prefix `mode`: auto is on exactly when one prefix computation trains as B do."""
+def decide(mode: str, model, device_type: str) -> tuple[bool, str]:
+    """(on, why) for shared_prefix `mode` on a `device_type` ("cpu", "cuda", ...) device: auto is on exactly on a
+    MEASURED_ON device when one prefix computation trains as B do; true refuses otherwise (on any device)."""
     if mode not in MODES:
         raise ValueError(f"shared_prefix must be one of {MODES}, got {mode!r}")
     if mode == "false":
         return False, "off (shared_prefix: false)"
+    if mode == "auto" and device_type not in MEASURED_ON:
+        return False, f"auto: off on {device_type}, not measured there; set true to try it"
     lm = text_model(model)
     problems = ["not a Qwen2-VL-family model"] if lm is None else why_not_shareable(lm)
     if problems and mode == "true":
@@ -194,7 +201,7 @@ def decide(mode: str, model) -> tuple[bool, str]:
         )
     if problems:
         return False, f"off (auto: {'; '.join(problems)})"
-    return True, f"on ({mode}: no dropout, no gradient checkpointing in the language model)"
+    return True, f"on ({mode} on {device_type}: no dropout, no gradient checkpointing in the language model)"
 
 
 @dataclass
@@ -212,18 +219,18 @@ class SharedPrefixReport:
 
 
 def use_shared_prefix(trainer, lab_args) -> SharedPrefixReport:
-    """Apply lab_args.shared_prefix to a built trainer (after PEFT wrapped its model, so LoRA dropout is seen; the
-    trainer's gradient_checkpointing setting counts although the Trainer turns it on only when training starts)."""
+    """Apply lab_args.shared_prefix to a built trainer on its device (after PEFT wrapped its model, so LoRA dropout is
+    seen; the trainer's gradient_checkpointing setting counts although the Trainer turns it on only when training
+    starts)."""
     mode = lab_args.shared_prefix
     if mode == "true" and trainer.args.gradient_checkpointing:
         raise ValueError(
             "shared_prefix: true cannot run with gradient_checkpointing (checkpointed layers drop the cache). "
             "Use shared_prefix: auto (off then) or turn gradient checkpointing off."
         )
-    if mode == "auto" and trainer.args.gradient_checkpointing:
+    on, reason = decide(mode, trainer.model, trainer.accelerator.device.type)
+    if on and mode == "auto" and trainer.args.gradient_checkpointing:
         on, reason = False, "off (auto: gradient checkpointing)"
-    else:
-        on, reason = decide(mode, trainer.model)
     logger.info("shared prefix: %s", reason)
     report = SharedPrefixReport(mode, on, reason)
     if on:

@@ -21,10 +21,12 @@ On the CPU the tower's output for an image does not depend on the other images o
 subsets of 1..64 images), so the run's losses equal the uncached run's (tests/training/test_vision_cache.py); a GPU's
 matmul kernels may change with the number of rows, which moves the uncached model's own output at float rounding.
 
-Refused (or, with `auto`, off) when the tower has a trainable parameter (LoRA targets or modules_to_save in it, full
-fine-tuning with freeze_vision_tower false) or a dropout; a call asking for hidden states or attentions, or giving
-precomputed vision inputs (image_position_ids, ...), goes through the tower as usual. Each process of a DDP run keeps
-its own cache (its own share of the images). Not tried: FSDP and DeepSpeed ZeRO-3 (sharded vision weights).
+`auto` turns it on only on device types where it was measured to gain (`MEASURED_ON`: the CPU, docs/training_speed.md)
+and only when the tower has no trainable parameter (LoRA targets or modules_to_save in it, full fine-tuning with
+freeze_vision_tower false) and no dropout; `true` refuses such a tower and is allowed on any device. A call asking for
+hidden states or attentions, or giving precomputed vision inputs (image_position_ids, ...), goes through the tower as
+usual. Each process of a DDP run keeps its own cache (its own share of the images). Not tried: FSDP and DeepSpeed
+ZeRO-3 (sharded vision weights).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel")
 MODES = ("auto", "true", "false")
 ATTRIBUTE = "vision_feature_cache"  # the VisionFeatureCache on the backbone
 KEYS_FIELD = "image_cache_keys"  # the batch field with one key per image (image_keys), taken out by the backbone
+# Device types where `auto` turns the cache on: where a measurement showed a gain (docs/training_speed.md).
+MEASURED_ON = ("cpu",)
 # kwargs that change what the tower computes or returns: such a call is not served from the cache
 _PRECOMPUTED = ("position_ids", "cu_seqlens", "max_seqlen")
 _OUTPUTS = ("output_attentions", "output_hidden_states")
@@ -254,13 +258,16 @@ def installed(model) -> VisionFeatureCache | None:
     return getattr(inner, ATTRIBUTE, None) if inner is not None else None
 
 
-def decide(mode: str, model) -> tuple[bool, str]:
-    """(on, why) for vision_feature_cache `mode`: auto is on exactly when the tower is frozen and deterministic; true
-    with a trainable (or dropout) tower, or a model outside SUPPORTED, raises."""
+def decide(mode: str, model, device_type: str) -> tuple[bool, str]:
+    """(on, why) for vision_feature_cache `mode` on a `device_type` ("cpu", "cuda", ...) device: auto is on exactly
+    on a MEASURED_ON device with a frozen, deterministic tower; true with a trainable (or dropout) tower, or a model
+    outside SUPPORTED, raises (on any device)."""
     if mode not in MODES:
         raise ValueError(f"vision_feature_cache must be one of {MODES}, got {mode!r}")
     if mode == "false":
         return False, "off (vision_feature_cache: false)"
+    if mode == "auto" and device_type not in MEASURED_ON:
+        return False, f"auto: off on {device_type}, not measured there; set true to try it"
     inner = vision_backbone(model)
     if inner is None:
         problems = [f"{type(_unwrap(model)).__name__} is not a supported backbone ({', '.join(SUPPORTED)})"]
@@ -273,7 +280,7 @@ def decide(mode: str, model) -> tuple[bool, str]:
         )
     if problems:
         return False, f"off (auto: {'; '.join(problems)})"
-    return True, f"on ({mode}: the vision tower is frozen and deterministic)"
+    return True, f"on ({mode} on {device_type}: the vision tower is frozen and deterministic)"
 
 
 def precompute(model, dataset, collator, batch_size: int, show_progress: bool = True) -> int:
@@ -325,10 +332,10 @@ def keys_collator(collator) -> bool:
 
 def use_vision_cache(trainer, lab_args, train_dataset=None, collator=None) -> VisionCacheReport:
     """Apply lab_args.vision_feature_cache* to a built trainer (after PEFT wrapped its model, so LoRA targets and
-    modules_to_save are known); the trainer's collator (and `collator`, used to precompute) then keys
+    modules_to_save are known) on its device; the trainer's collator (and `collator`, used to precompute) then keys
     its images. Precompute over `train_dataset` when asked (a stream cannot be: warned)."""
     mode = lab_args.vision_feature_cache
-    on, reason = decide(mode, trainer.model)
+    on, reason = decide(mode, trainer.model, trainer.accelerator.device.type)
     if on and not hasattr(trainer.data_collator, "vision_cache_keys"):
         if mode == "true":
             raise ValueError(

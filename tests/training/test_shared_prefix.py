@@ -101,12 +101,12 @@ def test_what_cannot_be_shared_runs_in_full(tiny_model_dir):
 
 def test_dropout_and_gradient_checkpointing_turn_it_off_or_are_refused(tiny_model_dir, caplog):
     with_dropout = lora_model(tiny_model_dir, dropout=0.1)
-    on, reason = decide("auto", with_dropout)
+    on, reason = decide("auto", with_dropout, "cpu")
     assert not on and "dropout in the language model" in reason and "lora_dropout" in reason
     with pytest.raises(ValueError, match="shared_prefix: true needs .*dropout"):
-        decide("true", with_dropout)
+        decide("true", with_dropout, "cpu")
     with pytest.raises(ValueError, match="must be one of"):
-        decide("sometimes", with_dropout)
+        decide("sometimes", with_dropout, "cpu")
     # installed anyway on a dropout model, training mode runs in full (one mask per row, as without it)
     stats = install(with_dropout)
     with_dropout.train()
@@ -114,7 +114,8 @@ def test_dropout_and_gradient_checkpointing_turn_it_off_or_are_refused(tiny_mode
     assert (stats.shared_calls, stats.full_calls) == (0, 1)
 
     plain = lora_model(tiny_model_dir)
-    trainer = SimpleNamespace(model=plain, args=SimpleNamespace(gradient_checkpointing=True))
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(model=plain, args=SimpleNamespace(gradient_checkpointing=True), accelerator=cpu)
     with caplog.at_level(logging.INFO, logger="training.shared_prefix"):
         report = use_shared_prefix(trainer, LabModelArguments(shared_prefix="auto"))
     assert not report.enabled and "gradient checkpointing" in report.reason and installed(plain) is None
@@ -129,6 +130,28 @@ def test_dropout_and_gradient_checkpointing_turn_it_off_or_are_refused(tiny_mode
     }
     with pytest.raises(ValueError, match="shared_prefix must be auto, true or false"):
         LabModelArguments(shared_prefix="yes")
+
+
+def test_auto_is_on_only_where_measured_and_true_anywhere(tiny_model_dir):
+    model = lora_model(tiny_model_dir)
+    on, reason = decide("auto", model, "cpu")
+    assert on and reason.startswith("on (auto on cpu:")
+    for device in ("cuda", "xpu", "mps"):
+        off = f"auto: off on {device}, not measured there; set true to try it"
+        assert decide("auto", model, device) == (False, off)
+        on, reason = decide("true", model, device)
+        assert on and reason.startswith(f"on (true on {device}")
+    # through use_shared_prefix: the trainer's device decides, and the record says why
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(gradient_checkpointing=False), accelerator=gpu)
+    report = use_shared_prefix(trainer, LabModelArguments(shared_prefix="auto"))
+    assert report.record() == {
+        "setting": "auto",
+        "enabled": False,
+        "reason": "auto: off on cuda, not measured there; set true to try it",
+    }
+    assert installed(model) is None
+    assert use_shared_prefix(trainer, LabModelArguments(shared_prefix="true")).enabled and installed(model)
 
 
 def test_prefix_length_compares_embeddings_mask_and_positions():

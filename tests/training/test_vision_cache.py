@@ -1,6 +1,6 @@
 """The frozen vision tower's feature cache: training with it gives the uncached losses and adapter, later epochs are
-served from it, images are keyed by (uid, index, pixel settings, grid) without reading a pixel, a trainable tower
-turns it off (auto) or is refused (true), and the memory cap holds."""
+served from it, images are keyed by (uid, index, pixel settings, grid) without reading a pixel, a trainable tower or
+a device without a measured gain turns auto off (true is refused with a trainable tower), and the memory cap holds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ from trl import ModelConfig
 from training import trainer as lab_trainer
 from training import vision_cache
 from training.models import DEFAULT_LORA_TARGETS, LabModelArguments, load_model, load_processor
+from training.pipeline import TokenizedCollator
 from training.sft import main, make_parser
+from training.vision_cache import use_vision_cache
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import load_split
 
@@ -90,16 +93,17 @@ def test_a_trainable_vision_tower_turns_auto_off_and_true_is_refused(
         LoraConfig(target_modules=DEFAULT_LORA_TARGETS, modules_to_save=["merger"], r=4),
     )
     for model in (full, lora_in_merger, saved_merger):
-        on, reason = vision_cache.decide("auto", model)
+        on, reason = vision_cache.decide("auto", model, "cpu")
         assert not on and "trainable vision-tower parameters" in reason
-        with pytest.raises(ValueError, match="vision_feature_cache: true needs a frozen"):
-            vision_cache.decide("true", model)
+        for device in ("cpu", "cuda"):
+            with pytest.raises(ValueError, match="vision_feature_cache: true needs a frozen"):
+                vision_cache.decide("true", model, device)
     frozen = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
         LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
     )
-    assert vision_cache.decide("auto", frozen)[0] and vision_cache.decide("true", frozen)[0]
-    assert not vision_cache.decide("false", frozen)[0]
+    assert vision_cache.decide("auto", frozen, "cpu")[0] and vision_cache.decide("true", frozen, "cpu")[0]
+    assert not vision_cache.decide("false", frozen, "cpu")[0]
     # through training/sft.py: LoRA on the merger with true stops before training
     with pytest.raises(ValueError, match="trainable vision-tower parameters"):
         run_sft(tiny_model_dir, tmp_path / "run", monkeypatch, "--vision_feature_cache", "true",
@@ -213,6 +217,46 @@ def test_the_keyed_path_never_copies_or_hashes_pixels(tiny_model_dir, monkeypatc
     with cache.keyed(keys):
         meta = inner.get_image_features(pixel_values.to("meta"), grid).pooler_output
     assert all(torch.equal(a, b) for a, b in zip(meta, served, strict=True))
+
+
+def test_auto_is_on_only_where_measured_and_true_anywhere(tiny_model_dir):
+    frozen = get_peft_model(
+        load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
+        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+    )
+    on, reason = vision_cache.decide("auto", frozen, "cpu")
+    assert on and reason.startswith("on (auto on cpu:")
+    for device in ("cuda", "xpu", "mps"):
+        off = f"auto: off on {device}, not measured there; set true to try it"
+        assert vision_cache.decide("auto", frozen, device) == (False, off)
+        on, reason = vision_cache.decide("true", frozen, device)
+        assert on and reason.startswith(f"on (true on {device}")
+
+
+def test_through_use_vision_cache_the_device_and_the_collator_decide(tiny_model_dir):
+    frozen = get_peft_model(
+        load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
+        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+    )
+    collator = TokenizedCollator(load_processor(str(tiny_model_dir)))
+    trainer = SimpleNamespace(model=frozen, data_collator=collator, accelerator=SimpleNamespace(device=None))
+    trainer.accelerator.device = torch.device("cuda", 0)
+    report = use_vision_cache(trainer, LabModelArguments(vision_feature_cache="auto"))
+    assert report.record() == {
+        "setting": "auto",
+        "enabled": False,
+        "reason": "auto: off on cuda, not measured there; set true to try it",
+    }
+    assert vision_cache.installed(frozen) is None and not collator.vision_cache_keys
+    assert use_vision_cache(trainer, LabModelArguments(vision_feature_cache="true")).enabled
+    assert vision_cache.installed(frozen) is not None and collator.vision_cache_keys  # the collator keys its images
+    vision_cache.uninstall(frozen)
+    # a collator that cannot key its images: auto off, true refused
+    trainer.accelerator.device, trainer.data_collator = torch.device("cpu"), lambda rows: rows
+    report = use_vision_cache(trainer, LabModelArguments(vision_feature_cache="auto"))
+    assert not report.enabled and report.reason == "off (auto: function does not key its images)"
+    with pytest.raises(ValueError, match="needs a collator that keys its images"):
+        use_vision_cache(trainer, LabModelArguments(vision_feature_cache="true"))
 
 
 def test_the_setting_is_validated():
