@@ -6,40 +6,36 @@ positions would change the tile shapes on every batch and trigger a recompilatio
 that puts the whole sequence through the head, the log-softmax, the entropy and top-1 metrics, forward and backward:
 ~210 ms of a ~950 ms step on the embedded default (batch 32, 2 labelled tokens of ~77 per row; docs/training_speed.md).
 `LabSFTTrainer` takes the compact path on the CPU as well. Loss, gradients and logged metrics are unchanged
-(tests/training/test_trainer.py); if a TRL upgrade moves the switch, the trainer warns and runs TRL's path.
+(tests/training/test_trainer.py). The switch is TRL's private `trl.trainer.utils._use_triton`, wrapped through
+training/upstream.py only under the TRL versions it was checked on; under others the trainer warns and runs TRL's path.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from contextlib import contextmanager
 
 import torch
-import trl.trainer.utils as trl_utils
 from trl import SFTTrainer
 
-logger = logging.getLogger(__name__)
+from training import upstream
 
 _state = threading.local()  # per thread: the one-process benchmark trains several trainers in threads
-_trl_test = None  # TRL's own "score only labelled positions here?" test, kept for every other case
 
 
-def _compact_on_cpu_too(device: torch.device) -> bool:
-    return (getattr(_state, "active", False) and device.type == "cpu") or _trl_test(device)
+def _compact_on_cpu_too(trl_test):
+    """TRL's "score only labelled positions here?" test, answering yes on the CPU inside `label_positions_only`."""
+
+    def use_compact(device: torch.device) -> bool:
+        return (getattr(_state, "active", False) and device.type == "cpu") or trl_test(device)
+
+    return use_compact
 
 
 def install() -> bool:
-    """Route TRL's device test through `_compact_on_cpu_too` (once per process); False when TRL has no such test."""
-    global _trl_test
-    if _trl_test is None:
-        current = getattr(trl_utils, "_use_triton", None)
-        if current is None:
-            logger.warning("trl.trainer.utils._use_triton is gone: the CPU runs TRL's all-positions LM head")
-            return False
-        _trl_test = current
-        trl_utils._use_triton = _compact_on_cpu_too
-    return True
+    """Route TRL's device test through `_compact_on_cpu_too` (once per process); False when training/upstream.py
+    did not patch it (a TRL version it was not checked on, or the test is gone)."""
+    return upstream.patch_trl_use_triton(_compact_on_cpu_too)
 
 
 @contextmanager
