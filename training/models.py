@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Vision modules kept out of 4-bit quantization, named before the model exists: Qwen2-VL's `visual` (ViT + merger),
 # the LLaVA family's `vision_tower` + `multi_modal_projector` (training/compose.py). A name a model lacks is a no-op.
-VISION_MODULES = ("visual", "vision_tower", "multi_modal_projector")
+# Full names: transformers 5 matches a skip name from the start of a module's full name or as its suffix.
+VISION_MODULES = ("model.visual", "model.vision_tower", "model.multi_modal_projector")
 
 
 @dataclass

@@ -26,13 +26,16 @@ def test_hub_model_offline_names_the_model_and_the_way_out(monkeypatch):
         load_processor(name)
 
 
-def test_qlora_settings_skip_the_vision_tower_unless_asked():
-    args = ModelConfig(model_name_or_path="x", load_in_4bit=True, use_bnb_nested_quant=True, dtype="bfloat16")
+def test_qlora_keeps_the_vision_tower_out_of_4bit_unless_asked(tiny_model_dir):
+    args = ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=True, use_bnb_nested_quant=True,
+                       dtype="bfloat16")  # fmt: skip
     q = quantization_config(args, LabModelArguments())
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
-    assert "visual" in q.llm_int8_skip_modules
-    q = quantization_config(args, LabModelArguments(quantize_vision_tower=True))
-    assert "visual" not in q.llm_int8_skip_modules
+    for quantize_vision, vision_type in ((False, "Linear"), (True, "Linear4bit")):
+        inner = load_model(args, LabModelArguments(quantize_vision_tower=quantize_vision)).model
+        assert type(inner.language_model.layers[0].mlp.up_proj).__name__ == "Linear4bit"
+        assert type(inner.visual.blocks[0].mlp.fc1).__name__ == vision_type
+        assert type(inner.visual.merger.mlp[0]).__name__ == vision_type
     assert quantization_config(ModelConfig(model_name_or_path="x"), LabModelArguments()) is None
 
 

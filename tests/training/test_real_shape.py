@@ -146,11 +146,6 @@ def test_one_lora_step_saves_and_reloads_the_same_logits(real_shape_dir, process
     torch.testing.assert_close(again, logits, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transformers 5 matches llm_int8_skip_modules from the start of the full name ('model.visual...') or as "
-    "a suffix: the bare 'visual' of training/models.py VISION_MODULES skips nothing, so the ViT and merger are NF4",
-)
 def test_qlora_keeps_the_vision_tower_in_bf16(real_shape_dir):
     args = ModelConfig(model_name_or_path=str(real_shape_dir), dtype="bfloat16", load_in_4bit=True,
                        use_bnb_nested_quant=True)  # fmt: skip
