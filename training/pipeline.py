@@ -3,8 +3,10 @@ collator that only pads the ids and turns the images into pixels.
 
 TRL's VLM collator (and the lab's ExampleCollator) render and tokenize every row at every step, in the training
 process. Here `tokenize_split` does it once per example (a Dataset.map; on a cached split datasets keeps the result as
-a cache-*.arrow file beside the split, which the cache's verification ignores, so a later run reuses it) and adds the
-token counts that `training.preflight` checks and `train_sampling_strategy: group_by_length` reads (`length`).
+a cache-*.arrow file beside the split, so a later run reuses it) and adds the token counts that `training.preflight`
+checks and `train_sampling_strategy: group_by_length` reads (`length`). The dataset cache's verification leaves that
+file out (it is derived); instead its size and SHA-256 are recorded beside it when it is written (<file>.sha256.json)
+and checked before it is reused: a file that differs, or has no record, is logged by name and tokenized again.
 Image tokens are counted from the image sizes, expanded in the text as the processor does, and checked against the
 pixels in every batch: for Qwen2-VL's grid with the image processor's own `get_number_of_image_patches` (no pixels are
 touched); for processors with fixed-size images (LlavaProcessor, as training/compose.py saves it) with the processor's
@@ -18,7 +20,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -46,6 +51,9 @@ TOKEN_FEATURES = datasets.Features(
     }
 )
 _VERSION = "1"  # bump when the tokenized rows change, so cached map results are not reused
+TOKEN_RECORD_SUFFIX = ".sha256.json"  # beside each tokenized Arrow file: {"size", "sha256"} as written
+
+logger = logging.getLogger(__name__)
 
 
 def image_size(image) -> tuple[int, int]:
@@ -144,6 +152,10 @@ def tokenize_split(
     if isinstance(ds, datasets.IterableDataset):
         return ds.map(batch_fn, batched=True, batch_size=64)
     undecoded = ds.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))
+    fingerprint = _fingerprint(ds, processor, template)
+    folder = _token_folder(undecoded)
+    if folder is not None:
+        _drop_unverified_token_files(folder, fingerprint)
     tokens = undecoded.map(
         batch_fn,
         batched=True,
@@ -151,10 +163,70 @@ def tokenize_split(
         remove_columns=ds.column_names,  # only the token columns are written (a small cache file)
         features=TOKEN_FEATURES,
         num_proc=num_proc,
-        new_fingerprint=_fingerprint(ds, processor, template),
+        new_fingerprint=fingerprint,
         desc="Tokenizing (once per example)",
     )
+    if folder is not None:
+        _record_token_files(folder, fingerprint)
     return datasets.concatenate_datasets([ds, tokens], axis=1)
+
+
+def _token_folder(ds: datasets.Dataset) -> Path | None:
+    """Where Dataset.map keeps its result for ds (beside ds's first Arrow file); None when it keeps none."""
+    if not (datasets.is_caching_enabled() and ds.cache_files):
+        return None
+    return Path(ds.cache_files[0]["filename"]).parent
+
+
+def _token_files(folder: Path, fingerprint: str) -> list[Path]:
+    """The tokenized Arrow files of fingerprint: cache-<fp>.arrow, or cache-<fp>_<rank>_of_<n>.arrow per process."""
+    return sorted(folder.glob(f"cache-{fingerprint}*.arrow"))
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _token_file_problem(path: Path) -> str | None:
+    """Why the tokenized file at path cannot be trusted (None: its size and SHA-256 are those recorded)."""
+    record_path = path.with_name(path.name + TOKEN_RECORD_SUFFIX)
+    try:
+        record = json.loads(record_path.read_text())
+        size, sha256 = record["size"], record["sha256"]
+    except FileNotFoundError:
+        return f"no {record_path.name} beside it (written before checksums were recorded, or removed)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its record {record_path.name} is unreadable ({type(e).__name__}: {e})"
+    got = path.stat().st_size
+    if got != size:
+        return f"{got} bytes, {size} when written (truncated or damaged)"
+    if _sha256(path) != sha256:
+        return "SHA-256 differs from the one recorded when it was written (modified since)"
+    return None
+
+
+def _drop_unverified_token_files(folder: Path, fingerprint: str) -> None:
+    """Remove the tokenized files of fingerprint (all of them, with their records) when one differs from its record,
+    so that the map tokenizes the split again; logs each file and why."""
+    files = _token_files(folder, fingerprint)
+    problems = {path: problem for path in files if (problem := _token_file_problem(path))}
+    for path, problem in problems.items():
+        logger.warning("tokenized split %s: %s; tokenizing the split again", path, problem)
+    for path in files if problems else []:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + TOKEN_RECORD_SUFFIX).unlink(missing_ok=True)
+
+
+def _record_token_files(folder: Path, fingerprint: str) -> None:
+    """Write the size and SHA-256 beside each tokenized file that has no record yet (it was just written)."""
+    for path in _token_files(folder, fingerprint):
+        record_path = path.with_name(path.name + TOKEN_RECORD_SUFFIX)
+        if record_path.exists():
+            continue
+        tmp = record_path.with_name(f"tmp.{record_path.name}.{os.getpid()}")  # "tmp*": no cache file (cache.py)
+        tmp.write_text(json.dumps({"size": path.stat().st_size, "sha256": _sha256(path)}) + "\n")
+        os.replace(tmp, record_path)  # a killed write leaves no record: the file is tokenized again next time
 
 
 @dataclass

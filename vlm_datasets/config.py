@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 SOURCES = ("hub", "nlvr2", "jsonl", "synthetic")
 BAD_EXAMPLE_POLICIES = ("fail", "skip")  # vlm_datasets.bad_examples
 INSTRUCTION_MODES = ("single", "multi")  # train_instructions
+CACHE_VERIFY_LEVELS = ("quick", "full")  # dataset_cache_verify (vlm_datasets.cache)
 
 
 @dataclass
@@ -48,6 +49,16 @@ class DataArguments:
     )
     dataset_cache_dir: str | None = field(
         default=None, metadata={"help": "Cache folder; default <artifact root>/datasets/<source slug>."}
+    )
+    dataset_cache_verify: str = field(
+        default="quick",
+        metadata={
+            "help": "How a cached split is verified on load. quick: manifest.json's own hash, the file list, each "
+            "file's size, the split's row count, and for nlvr2/jsonl the annotation file's SHA-256 and each image's "
+            "size and mtime against the build (a same-size change inside a cache file goes unnoticed). full: also "
+            "the SHA-256 of every cache file (all its bytes read: minutes for NLVR2 on a network drive).",
+            "choices": list(CACHE_VERIFY_LEVELS),
+        },
     )
     dataset_train_split: str = field(default="train", metadata={"help": "Split used for training."})
     dataset_eval_split: str = field(default="dev", metadata={"help": "Split used for evaluation."})
@@ -121,6 +132,10 @@ class DataArguments:
             raise ValueError(f"dataset_source {self.dataset_source!r} unknown; choose one of {list(SOURCES)}")
         if self.bad_examples not in BAD_EXAMPLE_POLICIES:
             raise ValueError(f"bad_examples {self.bad_examples!r} unknown; choose one of {list(BAD_EXAMPLE_POLICIES)}")
+        if self.dataset_cache_verify not in CACHE_VERIFY_LEVELS:
+            raise ValueError(
+                f"dataset_cache_verify {self.dataset_cache_verify!r} unknown; choose one of {list(CACHE_VERIFY_LEVELS)}"
+            )
         if self.train_instructions not in INSTRUCTION_MODES:
             raise ValueError(
                 f"train_instructions {self.train_instructions!r} unknown; choose one of {list(INSTRUCTION_MODES)}"

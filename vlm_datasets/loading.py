@@ -89,6 +89,14 @@ def require_labels(ds: datasets.Dataset | datasets.IterableDataset, args: DataAr
     return ds.select(sorted(set(range(len(ds))) - set(unlabeled)))
 
 
+def _sources_summary(manifest: dict) -> dict:
+    """The manifest's source records counted, not listed (one entry per image would swell the run record)."""
+    return {
+        split: {"annotations": sorted(rec["annotations"]), "images": sum(len(v) for v in rec["images"].values())}
+        for split, rec in (manifest.get("sources") or {}).items()
+    }
+
+
 def dataset_manifest(args: DataArguments, split: str) -> dict:
     """What a run records about its data: the source settings, the bad examples skipped (uid + reason) and the
     verified cache manifest in cached mode (whose "skipped" lists those the cache build left out)."""
@@ -99,7 +107,8 @@ def dataset_manifest(args: DataArguments, split: str) -> dict:
     if args.dataset_cached:
         cache_dir = resolve_cache_dir(args)
         record["cache_dir"] = str(cache_dir)
-        record["cache_manifest"] = verify_cache(args, cache_dir)
+        manifest = verify_cache(args, cache_dir, level="quick", splits=[split])  # loaded (and verified) just now
+        record["cache_manifest"] = {**manifest, "sources": _sources_summary(manifest)}
         built = record["cache_manifest"].get("skipped", {}).get(split, {"count": 0, "examples": []})
         record["skipped"] = {
             "policy": args.bad_examples,

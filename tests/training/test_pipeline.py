@@ -1,15 +1,27 @@
 """The tokenize-once pipeline gives exactly the batches of the per-batch collator, counts image tokens like the
-processor, and refuses what the per-batch collator refuses."""
+processor, refuses what the per-batch collator refuses, and re-tokenizes a kept tokenized file that changed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import datasets
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from training.collators import ExampleCollator
 from training.models import load_processor
-from training.pipeline import TokenizedCollator, image_token_counts, tokenize_split
+from training.pipeline import (
+    TOKEN_RECORD_SUFFIX,
+    TokenizedCollator,
+    _token_file_problem,
+    image_token_counts,
+    tokenize_split,
+)
+from vlm_datasets.cache import build_cache, load_cached_split
+from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.prompts import TEMPLATES, get_template
@@ -95,3 +107,71 @@ def test_examples_with_their_own_templates_train_on_their_answers(processor, iso
         answer = get_template(ex.meta["prompt_template"]).answer(ex.label)
         labelled = batch["labels"][i][batch["labels"][i] != -100]
         assert tok.decode(labelled).startswith(answer), (ex.meta["prompt_template"], tok.decode(labelled))
+
+
+# ---- the tokenized file kept beside a cached split -------------------------------------------------------------
+
+
+@pytest.fixture
+def cached_dev(tmp_path, isolated_artifacts):
+    """(args, cache folder, the cached dev split) of a small synthetic source."""
+    args = DataArguments(dataset_source="synthetic", synthetic_train_size=4, synthetic_eval_size=6)
+    cache_dir = build_cache(args, ["dev"], tmp_path / "cache")
+    return args, cache_dir, load_cached_split(args, "dev", cache_dir)
+
+
+def tokenized_file(cache_dir: Path) -> Path:
+    """The one tokenized Arrow file beside the cached dev split (the one with a checksum record)."""
+    (path,) = [
+        p for p in (cache_dir / "dev").glob("cache-*.arrow") if p.with_name(p.name + TOKEN_RECORD_SUFFIX).exists()
+    ]
+    return path
+
+
+def test_swapped_answer_tokens_in_the_tokenized_file_are_caught_and_tokenized_again(processor, cached_dev, caplog):
+    args, cache_dir, ds = cached_dev
+    template = get_template("nlvr2_true_false")
+    first = tokenize_split(ds, processor, template)[:]  # read now: the file is changed below
+    first = [dict(zip(first, values, strict=True)) for values in zip(*first.values(), strict=True)]
+    ids, answer_at = first[0]["input_ids"], len(first[0]["input_ids"]) - first[0]["completion_length"]
+    other = next(r for r in first if r["label"] != first[0]["label"])  # the opposite answer's first token
+    wrong = other["input_ids"][len(other["input_ids"]) - other["completion_length"]]
+    assert wrong != ids[answer_at]
+    path = tokenized_file(cache_dir)
+    data = bytearray(path.read_bytes())
+    row = np.asarray(ids, dtype="<i4").tobytes()
+    at = data.index(row) + 4 * answer_at
+    data[at : at + 4] = np.asarray([wrong], dtype="<i4").tobytes()
+    path.write_bytes(bytes(data))  # same size, one answer token swapped
+    assert datasets.Dataset.from_file(str(path))[0]["input_ids"][answer_at] == wrong  # it would train on it
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        again = tokenize_split(ds, processor, template)
+    assert f"tokenized split {path}: SHA-256 differs" in caplog.text
+    assert again["input_ids"][:] == [r["input_ids"] for r in first]
+    assert tokenized_file(cache_dir) == path and _token_file_problem(path) is None  # rewritten, recorded again
+    assert len(load_cached_split(args, "dev", cache_dir)) == 6  # the file and its record are not cache files
+
+
+def test_a_truncated_or_unrecorded_tokenized_file_is_named_and_tokenized_again(processor, cached_dev, caplog):
+    _, cache_dir, ds = cached_dev
+    template = get_template("nlvr2_true_false")
+    expected = tokenize_split(ds, processor, template)["input_ids"][:]  # read now: the file is changed below
+    path = tokenized_file(cache_dir)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        assert tokenize_split(ds, processor, template)["input_ids"][:] == expected
+    assert f"tokenized split {path}: {size // 2} bytes, {size} when written (truncated or damaged)" in caplog.text
+    # A file without its record (written before records were kept) is not trusted either.
+    path.with_name(path.name + TOKEN_RECORD_SUFFIX).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        assert tokenize_split(ds, processor, template)["input_ids"][:] == expected
+    assert f"tokenized split {path}: no {path.name}{TOKEN_RECORD_SUFFIX} beside it" in caplog.text
+    # An intact one is reused as it is: no warning, no rewrite.
+    caplog.clear()
+    mtime = path.stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="training.pipeline"):
+        assert tokenize_split(ds, processor, template)["input_ids"][:] == expected
+    assert caplog.text == "" and path.stat().st_mtime_ns == mtime

@@ -1,4 +1,5 @@
-"""Cached mode: round trip, manifest contents, verification (tampering, settings), atomic builds."""
+"""Cached mode: round trip, manifest contents, verification (tampering, settings, quick vs full, changed sources),
+atomic builds."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ import datasets
 import pytest
 
 from utils.artifacts import artifact_dir, artifact_root
-from vlm_datasets import loading
+from vlm_datasets import cache, loading
 from vlm_datasets.cache import (
     CacheError,
     build_cache,
     cache_slug,
     load_cached_split,
     resolve_cache_dir,
+    verify_cache,
 )
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import iter_examples, load_split
+from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
 from vlm_datasets.synthetic_source import synthetic_split
 
 ARROW = "dev/data-00000-of-00001.arrow"
@@ -38,6 +40,33 @@ def args() -> DataArguments:
 @pytest.fixture
 def built(tmp_path, args) -> Path:
     return build_cache(args, ["train", "dev"], tmp_path / "cache")
+
+
+def with_(args: DataArguments, **changes) -> DataArguments:
+    return DataArguments(**{**vars(args), **changes})
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rewrite_manifest(cache_dir: Path, edit, reseal: bool = False) -> None:
+    """Apply edit to the stored manifest; reseal recomputes its content_sha256 (a deliberate, consistent edit)."""
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    edit(manifest)
+    if reseal:
+        manifest["content_sha256"] = cache._content_sha256(manifest)
+    (cache_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def hashed(monkeypatch) -> list[Path]:
+    """The paths cache._sha256 is called on, in order."""
+    calls, real = [], cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda path: calls.append(Path(path)) or real(path))
+    return calls
 
 
 def test_round_trip_and_manifest(built, args, same_examples):
@@ -62,32 +91,96 @@ def test_round_trip_and_manifest(built, args, same_examples):
     assert ARROW in manifest["files"]
     for rel, sha in manifest["files"].items():
         assert hashlib.sha256((built / rel).read_bytes()).hexdigest() == sha
+        assert manifest["sizes"][rel] == (built / rel).stat().st_size
+    assert manifest["sources"] == {}  # synthetic: no source files to check (the hub's revision is a setting)
+    assert manifest["content_sha256"] == cache._content_sha256(manifest)
     assert dt.datetime.fromisoformat(manifest["created_utc"]).utcoffset() == dt.timedelta(0)
     assert manifest["datasets_version"] == datasets.__version__
     assert not list(built.parent.glob(".cache.tmp-*"))  # the temporary build folder was renamed into place
 
 
-def test_a_changed_byte_is_refused_naming_the_file(built, args):
-    data = bytearray((built / ARROW).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (built / ARROW).write_bytes(bytes(data))
+def test_quick_loads_hash_nothing_and_full_ones_hash_each_file_once(built, args, hashed):
+    load_cached_split(args, "dev", built)
+    verify_cache(args, built)
+    assert hashed == []
+    manifest = json.loads((built / "manifest.json").read_text())
+    load_cached_split(with_(args, dataset_cache_verify="full"), "dev", built)
+    assert sorted(p.relative_to(built).as_posix() for p in hashed) == sorted(manifest["files"])
+    hashed.clear()
+    verify_cache(args, built, level="full")  # the full check as a call, whatever the arguments say
+    assert len(hashed) == len(manifest["files"])
+
+
+def test_a_same_size_byte_flip_is_caught_by_full_verification_only(built, args):
+    flip_a_byte(built / ARROW)
+    verify_cache(args, built)  # quick reads no file's content: the sizes match, so it passes (documented)
+    full = with_(args, dataset_cache_verify="full")
     with pytest.raises(CacheError, match=rf"cache {re.escape(str(built))}: file {ARROW}: sha256 mismatch \(expected"):
-        load_cached_split(args, "dev", built)
+        load_cached_split(full, "dev", built)
     # load_split refuses it too, and does not rebuild it silently.
-    manifest = (built / "manifest.json").read_text()
+    data, manifest = (built / ARROW).read_bytes(), (built / "manifest.json").read_text()
     with pytest.raises(CacheError, match="sha256 mismatch.*rebuild: delete"):
-        load_split(DataArguments(**{**vars(args), "dataset_cached": True, "dataset_cache_dir": str(built)}), "dev")
-    assert (built / ARROW).read_bytes() == bytes(data)
+        load_split(with_(full, dataset_cached=True, dataset_cache_dir=str(built)), "dev")
+    assert (built / ARROW).read_bytes() == data
     assert (built / "manifest.json").read_text() == manifest
+
+
+def test_a_size_change_is_caught_by_quick_verification(built, args):
+    size = (built / ARROW).stat().st_size
+    with open(built / ARROW, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CacheError, match=rf"file {ARROW}: size {size + 1} bytes, {size} at the build; rebuild"):
+        load_cached_split(args, "dev", built)
 
 
 def test_a_deleted_or_extra_file_is_refused_naming_it(built, args):
     (built / "train" / "state.json").unlink()
     with pytest.raises(CacheError, match=r"file train/state\.json: missing"):
         load_cached_split(args, "dev", built)
-    shutil.copy(built / "dev" / "state.json", built / "train" / "state.json")  # the wrong one: sha differs
-    with pytest.raises(CacheError, match=r"file train/state\.json: sha256 mismatch"):
+    shutil.copy(built / "dev" / "state.json", built / "train" / "state.json")  # the wrong one: size differs
+    with pytest.raises(CacheError, match=r"file train/state\.json: size \d+ bytes, \d+ at the build"):
         load_cached_split(args, "train", built)
+
+
+def test_an_edited_manifest_is_refused(built, args):
+    def grow(manifest):
+        manifest["sizes"][ARROW] += 1
+
+    rewrite_manifest(built, grow)
+    with pytest.raises(CacheError, match=r"file manifest\.json: edited or damaged since the build"):
+        load_cached_split(args, "dev", built)
+
+    # Resealed by hand (sizes back, one more row claimed): the Arrow file's own row count disagrees.
+    def more_rows(manifest):
+        manifest["sizes"][ARROW] -= 1
+        manifest["splits"]["dev"] += 1
+
+    rewrite_manifest(built, more_rows, reseal=True)
+    with pytest.raises(CacheError, match=r"file dev/: 3 rows, 4 at the build"):
+        load_cached_split(args, "dev", built)
+
+
+def test_a_cache_from_before_sizes_were_recorded_is_verified_in_full(built, args, hashed, caplog):
+    def old_format(manifest):
+        for key in ("sizes", "sources", "content_sha256"):
+            del manifest[key]
+
+    rewrite_manifest(built, old_format)
+    with caplog.at_level("WARNING", logger="vlm_datasets.cache"):
+        assert len(load_cached_split(args, "dev", built)) == 3
+    assert len(hashed) == len(json.loads((built / "manifest.json").read_text())["files"])
+    assert "built before file sizes were recorded" in caplog.text and "rebuild: delete" in caplog.text
+    flip_a_byte(built / ARROW)
+    with pytest.raises(CacheError, match=rf"file {ARROW}: sha256 mismatch"):
+        load_cached_split(args, "dev", built)
+
+
+def test_extending_a_cache_keeps_the_hashes_recorded_at_its_build(tmp_path, args):
+    cache_dir = build_cache(args, ["dev"], tmp_path / "cache")
+    flip_a_byte(cache_dir / ARROW)  # unnoticed by the quick check before the extension...
+    build_cache(args, ["train"], cache_dir)
+    with pytest.raises(CacheError, match=rf"file {ARROW}: sha256 mismatch"):  # ...but not blessed by it
+        verify_cache(args, cache_dir, level="full")
 
 
 def test_an_unlisted_data_file_is_refused(built, args):
@@ -171,6 +264,73 @@ def test_a_failing_build_leaves_no_cache(tmp_path, args, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         build_cache(args, ["train", "dev"], tmp_path / "cache")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the source files of a local source ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def nlvr2_cache(tmp_path, official_layout) -> tuple[DataArguments, Path]:
+    root, _ = official_layout
+    args = DataArguments(dataset_source="nlvr2", dataset_path=str(root))
+    return args, build_cache(args, ["dev"], tmp_path / "cache")
+
+
+def test_an_unchanged_local_source_loads_and_its_files_are_recorded(nlvr2_cache):
+    args, cache_dir = nlvr2_cache
+    dev_json = str(Path(args.dataset_path, "dev.json"))
+    record = json.loads((cache_dir / "manifest.json").read_text())["sources"]["dev"]
+    assert list(record["annotations"]) == [dev_json]
+    assert record["annotations"][dev_json]["sha256"] == hashlib.sha256(Path(dev_json).read_bytes()).hexdigest()
+    assert sum(len(names) for names in record["images"].values()) == 8  # 4 examples, 2 images each
+    assert len(load_cached_split(args, "dev", cache_dir)) == 4
+    cached = with_(args, dataset_cached=True, dataset_cache_dir=str(cache_dir))
+    assert len(load_split(cached, "dev")) == 4
+    summary = dataset_manifest(cached, "dev")["cache_manifest"]["sources"]  # counted in the run record, not listed
+    assert summary == {"dev": {"annotations": [dev_json], "images": 8}}
+
+
+def test_a_flipped_label_in_the_annotation_file_is_refused_naming_it(nlvr2_cache):
+    args, cache_dir = nlvr2_cache
+    dev_json = Path(args.dataset_path, "dev.json")
+    records = [json.loads(line) for line in dev_json.read_text().splitlines()]
+    true, false = (next(r for r in records if r["label"] == value) for value in ("True", "False"))
+    true["label"], false["label"] = "False", "True"  # two labels swapped: the file keeps its size
+    size = dev_json.stat().st_size
+    dev_json.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert dev_json.stat().st_size == size
+    pattern = rf"the source of split 'dev' changed since the build: {re.escape(str(dev_json))} \(same size"
+    with pytest.raises(CacheError, match=pattern + r".*rebuild: delete"):
+        load_cached_split(args, "dev", cache_dir)
+    with pytest.raises(CacheError, match=pattern):  # load_split refuses it too: no silent rebuild
+        load_split(with_(args, dataset_cached=True, dataset_cache_dir=str(cache_dir)), "dev")
+
+
+def test_an_emptied_image_is_refused_naming_it(nlvr2_cache):
+    args, cache_dir = nlvr2_cache
+    image = sorted(Path(args.dataset_path, "images").rglob("*.png"))[0]
+    size = image.stat().st_size
+    image.write_bytes(b"")
+    with pytest.raises(CacheError, match=rf"{re.escape(str(image))} \(size {size} -> 0 bytes\); rebuild: delete"):
+        load_cached_split(args, "dev", cache_dir)
+
+
+def test_changed_images_are_named_first_few_then_counted(tmp_path, manifest_layout):
+    args = DataArguments(dataset_source="jsonl", dataset_path=str(manifest_layout / "dev.jsonl"))
+    cache_dir = build_cache(args, ["dev"], tmp_path / "cache")
+    images = sorted((tmp_path / "nlvr2" / "images").rglob("*.png"))
+    for image in images:  # new modification times, same bytes: a copy that did not keep them
+        st = image.stat()
+        os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(CacheError) as refused:
+        load_cached_split(args, "dev", cache_dir)
+    message = str(refused.value)
+    assert message.count("(same size, new mtime)") == 5 and f"and {len(images) - 5} more" in message
+    assert "only modification times" in message
+    with open(manifest_layout / "dev.jsonl", "a") as f:
+        f.write("\n")
+    with pytest.raises(CacheError, match=rf"{re.escape(str(manifest_layout / 'dev.jsonl'))} \(size \d+ -> \d+ bytes"):
+        load_cached_split(args, "dev", cache_dir)
 
 
 def test_default_cache_dir_and_slugs(monkeypatch, tmp_path, args):
