@@ -212,9 +212,13 @@ def _cached_get_image_features(self, pixel_values: torch.Tensor, image_grid_thw=
     computed = {}
     if missing:
         index = list(missing.values())
-        pixels = torch.cat([pixel_values[starts[i] : starts[i] + rows[i]] for i in index])  # [patches, C*T*P*P]
+        if len(index) == len(keys):  # every image new and none repeated: the call's own tensors, no copy
+            pixels, grid = pixel_values, image_grid_thw
+        else:
+            pixels = torch.cat([pixel_values[starts[i] : starts[i] + rows[i]] for i in index])  # [patches, C*T*P*P]
+            grid = image_grid_thw[index]
         with torch.no_grad():  # frozen tower; the features are returned detached anyway
-            out = compute(self, pixels, image_grid_thw[index], return_dict=True, **kwargs)
+            out = compute(self, pixels, grid, return_dict=True, **kwargs)
         cache.computed += len(index)
         for key, feats in zip(missing, out.pooler_output, strict=True):  # feats [tokens, hidden]
             computed[key] = feats.detach()

@@ -177,14 +177,21 @@ def test_keys_name_uid_index_pixel_settings_and_grid(tiny_model_dir):
 
 
 class PixelReads(torch.overrides.TorchFunctionMode):
-    """Records the name of every torch function or tensor method called with `tensor` as an argument."""
+    """Records the name of every torch function or tensor method called with `tensor` as an argument, except while
+    `paused` (inside the vision tower)."""
+
+    current = None  # the one in use
 
     def __init__(self, tensor):
         super().__init__()
-        self.tensor, self.calls = tensor, []
+        self.tensor, self.calls, self.paused = tensor, [], False
+
+    def __enter__(self):
+        PixelReads.current = self
+        return super().__enter__()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if any(a is self.tensor for a in (*args, *(kwargs or {}).values())):
+        if not self.paused and any(a is self.tensor for a in (*args, *(kwargs or {}).values())):
             self.calls.append(getattr(func, "__name__", str(func)))
         return func(*args, **(kwargs or {}))
 
@@ -195,24 +202,30 @@ def test_the_keyed_path_never_copies_or_hashes_pixels(tiny_model_dir, monkeypatc
     cache = vision_cache.install(model, max_gb=1)
     hashed, sha1 = [], hashlib.sha1
     monkeypatch.setattr(hashlib, "sha1", lambda *a, **k: hashed.append(a) or sha1(*a, **k))
+    tower, given = type(inner).get_image_features, []
+
+    def counted_tower(self, pixels, *args, **kwargs):  # the tower's own use of the pixels is not the cache's
+        given.append(pixels is PixelReads.current.tensor)
+        PixelReads.current.paused = True
+        try:
+            return tower(self, pixels, *args, **kwargs)
+        finally:
+            PixelReads.current.paused = False
+
+    monkeypatch.setattr(type(inner), "get_image_features", counted_tower)
     first = pixel_values[: 3 * 16]
-    with cache.keyed(keys[:3]), PixelReads(first) as reads:  # 3 misses: sliced for the tower
+    with cache.keyed(keys[:3]), PixelReads(first) as reads:  # 3 misses: the tensor goes to the tower as it is
         inner.get_image_features(first, grid[:3])
-    assert reads.calls and set(reads.calls) <= {"__getitem__"}
+    assert reads.calls == [] and given == [True]
     with cache.keyed(keys), PixelReads(pixel_values) as reads:  # 3 hits, 3 misses
         inner.get_image_features(pixel_values, grid)
-    assert set(reads.calls) == {"__getitem__"} and len(reads.calls) == 3  # the 3 missing images' rows, nothing else
+    assert reads.calls == ["__getitem__"] * 3 and given == [True, False]  # the 3 missing images' rows, to the tower
     with cache.keyed(keys), PixelReads(pixel_values) as reads:  # all hits: the pixels are not touched at all
         served = inner.get_image_features(pixel_values, grid).pooler_output
-    assert reads.calls == [] and hashed == [] and len(served) == 6
+    assert reads.calls == [] and len(given) == 2 and hashed == [] and len(served) == 6
     stats = cache.stats()
-    assert (stats["images"], stats["hits"], stats["misses"], stats["computed"], stats["bypassed_calls"]) == (
-        6,
-        9,
-        6,
-        6,
-        0,
-    )
+    counts = (stats["images"], stats["hits"], stats["misses"], stats["computed"], stats["bypassed_calls"])
+    assert counts == (6, 3 + 6, 6, 6, 0)
     # served from the keys alone: pixels on the meta device (no data to copy) give the same features
     with cache.keyed(keys):
         meta = inner.get_image_features(pixel_values.to("meta"), grid).pooler_output
