@@ -4,7 +4,8 @@ collator that only pads the ids and turns the images into pixels.
 TRL's VLM collator (and the lab's ExampleCollator) render and tokenize every row at every step, in the training
 process. Here `tokenize_split` does it once per example (a Dataset.map; on a cached split datasets keeps the result as
 a cache-*.arrow file beside the split, so a later run reuses it) and adds the token counts that `training.preflight`
-checks and `train_sampling_strategy: group_by_length` reads (`length`). The dataset cache's verification leaves that
+checks and `train_sampling_strategy: group_by_length` reads (`length`), and each image's SHA-1 of its encoded file
+(`image_digests`: the vision feature cache's key, training/vision_cache.py). The dataset cache's verification leaves that
 file out (it is derived); instead its size and SHA-256 are recorded beside it when it is written (<file>.sha256.json)
 and checked before it is reused: a file that differs, or has no record, is logged by name and tokenized again.
 Image tokens are counted from the image sizes, expanded in the text as the processor does, and checked against the
@@ -40,7 +41,7 @@ from vlm_datasets.example import row_to_example
 from vlm_datasets.loading import load_split, require_labels
 from vlm_datasets.prompts import PromptTemplate, to_conversation
 
-TOKEN_COLUMNS = ("input_ids", "completion_length", "length", "image_tokens", "image_end")
+TOKEN_COLUMNS = ("input_ids", "completion_length", "length", "image_tokens", "image_end", "image_digests")
 TOKEN_FEATURES = datasets.Features(
     {
         "input_ids": datasets.Sequence(datasets.Value("int32")),
@@ -48,9 +49,10 @@ TOKEN_FEATURES = datasets.Features(
         "length": datasets.Value("int32"),  # all tokens, image tokens expanded
         "image_tokens": datasets.Value("int32"),
         "image_end": datasets.Value("int32"),  # index after the last image token (0: no image)
+        "image_digests": datasets.Sequence(datasets.Value("string")),  # per image: image_digest (the cache's key)
     }
 )
-_VERSION = "1"  # bump when the tokenized rows change, so cached map results are not reused
+_VERSION = "2"  # bump when the tokenized rows change, so cached map results are not reused
 TOKEN_RECORD_SUFFIX = ".sha256.json"  # beside each tokenized Arrow file: {"size", "sha256"} as written
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,15 @@ def expand_image_tokens(text: str, image_token: str, counts: list[int]) -> str:
     return "".join(p + image_token * n for p, n in zip(parts, counts + [0], strict=True))
 
 
+def image_digest(image) -> str:
+    """SHA-1 of an undecoded image cell's encoded file (its bytes, else the file at its path); "" for a decoded image
+    (a stream's rows). training/vision_cache.py keys an image's features by it, so no pixel is hashed per step."""
+    if not isinstance(image, dict):
+        return ""
+    data = image.get("bytes") or (Path(image["path"]).read_bytes() if image.get("path") else b"")
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest() if data else ""
+
+
 def tokenize_row(row: dict[str, Any], processor, template: PromptTemplate) -> dict[str, Any]:
     """One canonical row (images decoded or not) -> TOKEN_COLUMNS; refuses unlabeled rows, naming the uid."""
     uid = row["uid"]
@@ -115,6 +126,7 @@ def tokenize_row(row: dict[str, Any], processor, template: PromptTemplate) -> di
         "length": len(ids),
         "image_tokens": len(image_positions),
         "image_end": image_positions[-1] + 1 if image_positions else 0,
+        "image_digests": [image_digest(img) for img in row["images"]],
     }
 
 
@@ -236,7 +248,7 @@ class TokenizedCollator:
     Masked: system/user turns, image tokens, the assistant header and the padding. Never truncates: a row longer than
     `max_length` raises naming its uid. The pixels' image tokens must match the ids' (else the processor's settings
     changed since tokenizing), checked per batch. With `vision_cache_keys` (set by training.vision_cache) the batch
-    also carries one key per image (uid, index, pixel settings, grid) under `KEYS_FIELD`.
+    also carries one key per image (its digest, else uid and index; pixel settings; grid) under `KEYS_FIELD`.
     """
 
     processor: Any
@@ -274,9 +286,11 @@ class TokenizedCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **pixels}
         if "mm_token_type_ids" in self.processor.model_input_names:  # Qwen2VLProcessor returns it; LlavaProcessor not
             batch["mm_token_type_ids"] = image_tokens.long()  # 1 on image tokens
-        if self.vision_cache_keys:  # list of (uid, index, settings, t, h, w); the backbone takes it out of the forward
+        if self.vision_cache_keys:  # list of (identity, settings, t, h, w); the backbone takes it out of the forward
             uids, counts = [r["uid"] for r in rows], [len(r["images"]) for r in rows]
-            batch[KEYS_FIELD] = image_keys(uids, counts, self.processor.image_processor, pixels.get("image_grid_thw"))
+            digests = [d for r in rows for d in r.get("image_digests") or [""] * len(r["images"])]
+            ip, grid = self.processor.image_processor, pixels.get("image_grid_thw")
+            batch[KEYS_FIELD] = image_keys(uids, counts, ip, grid, digests)
         return batch
 
 

@@ -2,19 +2,22 @@
 
 With the vision tower (Qwen2-VL's `model.model.visual`, ViT + merger) frozen, a LoRA step recomputes the same
 features for the same image every epoch. `install` replaces `get_image_features` and `forward` on the model's
-Qwen2VLModel (instance attributes; the class is untouched). Each image is keyed by (uid, its index in the example,
-the image processor's settings, its grid_thw), which the collator puts in the batch (`KEYS_FIELD`, asked for by
-`use_vision_cache`) and the backbone's forward takes out before anything below it sees it: no pixel is read to make
-a key, so on a GPU nothing is copied to the host. Only the images not yet cached go through the tower, in one call,
+Qwen2VLModel (instance attributes; the class is untouched). Each image is keyed by its identity, the image
+processor's settings and its grid_thw (`image_keys`); the collator puts the keys in the batch (`KEYS_FIELD`, asked for
+by `use_vision_cache`) and the backbone's forward takes them out before anything below it sees them: no pixel is read
+to make a key, so on a GPU nothing is copied to the host. The identity is the SHA-1 of the image's encoded file, taken
+once per example when the split is tokenized (training/pipeline.py), so two uids with the same image share its
+features; where there is none (a stream's decoded images, the per-batch ExampleCollator) it is (uid, index of the
+image in its example). Only the images not yet cached go through the tower, in one call,
 under no_grad, and the result has the structure `Qwen2VLModel.forward` reads: `pooler_output` split per image
 (image_grid_thw order), detached, on the tower's device in its dtype. `last_hidden_state` (the patches before the
 merger) is not kept: None. A call without keys (generation, a collator that does not key its images) runs the tower
 as usual, counted as bypassed.
 
-A key names an image only as long as a uid names one example's images in the run: the sources refuse duplicate uids,
-and NLVR2's and the synthetic set's uids name their split. The settings are a digest of the image processor's whole
-configuration (min_pixels/max_pixels as `size`, patch and merge sizes, mean/std, rescaling, resampling), so the same
-uid under another pixel budget is another image.
+A uid identity names an image only as long as a uid names one example's images in the run: the sources refuse
+duplicate uids, and NLVR2's and the synthetic set's uids name their split. The settings are a digest of the image
+processor's whole configuration (min_pixels/max_pixels as `size`, patch and merge sizes, mean/std, rescaling,
+resampling), so the same image under another pixel budget is another key.
 
 Served features are the very values the tower computed for that image (kept in host memory, copied back bitwise).
 On the CPU the tower's output for an image does not depend on the other images of the call (checked bitwise with
@@ -154,20 +157,28 @@ def pixel_settings(image_processor) -> str:
 
 
 def image_keys(
-    uids: Sequence[str], counts: Sequence[int], image_processor, image_grid_thw: torch.Tensor | None
+    uids: Sequence[str],
+    counts: Sequence[int],
+    image_processor,
+    image_grid_thw: torch.Tensor | None,
+    digests: Sequence[str] | None = None,
 ) -> list[tuple]:
-    """One key per image, in pixel_values' order: (uid, index of the image in its example, pixel_settings, t, h, w).
+    """One key per image, in pixel_values' order: (identity, pixel_settings, t, h, w).
 
-    `counts` gives each example's number of images; `image_grid_thw` [images, 3] is the processor's output, on the
-    host (the collator's batch before it is moved)."""
+    The identity is ("sha1", digest) when `digests` gives the image's (a SHA-1 of its encoded file, computed once per
+    example by training.pipeline.tokenize_split: two uids with the same image share its features), else
+    ("uid", uid, index of the image in its example). `counts` gives each example's number of images;
+    `image_grid_thw` [images, 3] is the processor's output, on the host (the collator's batch before it is moved)."""
     if image_grid_thw is None:
         raise ValueError(f"{type(image_processor).__name__} gives no image_grid_thw: its images cannot be keyed")
     grids = image_grid_thw.tolist()
-    if sum(counts) != len(grids):
-        raise ValueError(f"{sum(counts)} images in the rows, {len(grids)} in image_grid_thw")
+    if sum(counts) != len(grids) or (digests is not None and len(digests) != len(grids)):
+        given = "" if digests is None else f" ({len(digests)} digests)"
+        raise ValueError(f"{sum(counts)} images in the rows{given}, {len(grids)} in image_grid_thw")
     settings = pixel_settings(image_processor)
-    indices = ((uid, i) for uid, n in zip(uids, counts, strict=True) for i in range(n))
-    return [(uid, i, settings, *grid) for (uid, i), grid in zip(indices, grids, strict=True)]
+    named = [("uid", uid, i) for uid, n in zip(uids, counts, strict=True) for i in range(n)]
+    identities = named if digests is None else [("sha1", d) if d else u for d, u in zip(digests, named, strict=True)]
+    return [(identity, settings, *grid) for identity, grid in zip(identities, grids, strict=True)]
 
 
 def _bypass_reason(self, image_grid_thw, kwargs: dict) -> str | None:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -18,11 +19,12 @@ from trl import ModelConfig
 from training import trainer as lab_trainer
 from training import vision_cache
 from training.models import DEFAULT_LORA_TARGETS, LabModelArguments, load_model, load_processor
-from training.pipeline import TokenizedCollator
+from training.pipeline import TokenizedCollator, tokenize_split
 from training.sft import main, make_parser
 from training.vision_cache import use_vision_cache
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import load_split
+from vlm_datasets.prompts import get_template
 
 REPO = Path(__file__).resolve().parents[2]
 COMPUTE_LOSS = lab_trainer.LabSFTTrainer.compute_loss  # before any test patches it
@@ -157,12 +159,12 @@ def test_served_features_are_the_towers_and_the_cap_holds(tiny_model_dir, caplog
     assert "get_image_features" not in vars(inner) and "forward" not in vars(inner)
 
 
-def test_keys_name_uid_index_pixel_settings_and_grid(tiny_model_dir):
+def test_keys_name_the_image_its_pixel_settings_and_grid(tiny_model_dir):
     processor = load_processor(str(tiny_model_dir), max_pixels=3136)
     ip = processor.image_processor
     grid = torch.tensor([[1, 4, 4], [1, 4, 4], [1, 4, 4]])
     keys = vision_cache.image_keys(["a", "b"], [2, 1], ip, grid)
-    assert [k[:2] for k in keys] == [("a", 0), ("a", 1), ("b", 0)] and len(set(keys)) == 3
+    assert [k[0] for k in keys] == [("uid", "a", 0), ("uid", "a", 1), ("uid", "b", 0)] and len(set(keys)) == 3
     assert vision_cache.image_keys(["a", "b"], [2, 1], ip, grid) == keys  # the same images: the same keys
     # the same uid under another pixel budget (or any other pixel setting) is another image
     for min_pixels, max_pixels in ((3136, 6272), (784, 3136)):
@@ -174,6 +176,29 @@ def test_keys_name_uid_index_pixel_settings_and_grid(tiny_model_dir):
     assert vision_cache.image_keys(["a"], [1], ip, torch.tensor([[1, 2, 8]]))[0] != keys[0]  # another grid
     with pytest.raises(ValueError, match="3 images in the rows, 2"):
         vision_cache.image_keys(["a", "b"], [2, 1], ip, grid[:2])
+    # with the encoded files' digests: one image under two uids is one key, two images under one uid are two
+    digested = vision_cache.image_keys(["a", "b"], [2, 1], ip, grid, ["d1", "d2", "d1"])
+    assert [k[0] for k in digested] == [("sha1", "d1"), ("sha1", "d2"), ("sha1", "d1")] and digested[0] == digested[2]
+    assert vision_cache.image_keys(["a", "b"], [2, 1], ip, grid, ["d1", "", ""])[1:] == keys[1:]  # none: uid, index
+    assert vision_cache.image_keys(["a"], [1], other, grid[:1], ["d1"])[0] != digested[0]  # another pixel setting
+    with pytest.raises(ValueError, match="3 images in the rows \\(2 digests\\), 3"):
+        vision_cache.image_keys(["a", "b"], [2, 1], ip, grid, ["d1", "d2"])
+
+
+def test_the_collator_keys_by_the_encoded_file(tiny_model_dir, isolated_artifacts):
+    """The tokenized split carries each image's SHA-1 of its encoded file; the collator's keys use it, and a row
+    whose images are another row's (another uid) gets that row's keys."""
+    processor = load_processor(str(tiny_model_dir), max_pixels=3136)
+    data_args = DataArguments(synthetic_train_size=4, max_pixels=3136)
+    rows = load_split(data_args, "train")
+    copy = rows.select([0]).map(lambda row: {"uid": "copy-of-0"})  # the same encoded images under another uid
+    split = tokenize_split(datasets.concatenate_datasets([rows, copy]), processor, get_template("nlvr2_labeled_images"))
+    cells = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))[0]["images"]
+    assert split[0]["image_digests"] == [hashlib.sha1(c["bytes"]).hexdigest() for c in cells]
+    collator = TokenizedCollator(processor, vision_cache_keys=True)
+    keys = collator(list(split))[vision_cache.KEYS_FIELD]
+    assert len(keys) == 5 * 2 and keys[8:] == keys[:2] and all(k[0][0] == "sha1" for k in keys)
+    assert vision_cache.KEYS_FIELD not in TokenizedCollator(processor)(list(split))  # only when asked
 
 
 class PixelReads(torch.overrides.TorchFunctionMode):
