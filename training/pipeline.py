@@ -5,9 +5,10 @@ TRL's VLM collator (and the lab's ExampleCollator) render and tokenize every row
 process. Here `tokenize_split` does it once per example (a Dataset.map; on a cached split datasets keeps the result as
 a cache-*.arrow file beside the split, so a later run reuses it) and adds the token counts that `training.preflight`
 checks and `train_sampling_strategy: group_by_length` reads (`length`), and each image's SHA-1 of its encoded file
-(`image_digests`: the vision feature cache's key, training/vision_cache.py). The dataset cache's verification leaves that
-file out (it is derived); instead its size and SHA-256 are recorded beside it when it is written (<file>.sha256.json)
-and checked before it is reused: a file that differs, or has no record, is logged by name and tokenized again.
+(`image_digests`: the vision feature cache's key, training/vision_cache.py). The dataset cache's verification leaves
+that file out (it is derived); instead its size and SHA-256 are recorded beside it when it is written
+(<file>.sha256.json) and checked before it is reused: a file that differs, or has no record, is logged by name and
+tokenized again.
 Image tokens are counted from the image sizes, expanded in the text as the processor does, and checked against the
 pixels in every batch: for Qwen2-VL's grid with the image processor's own `get_number_of_image_patches` (no pixels are
 touched); for processors with fixed-size images (LlavaProcessor, as training/compose.py saves it) with the processor's
