@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from training.vision_cache import KEYS_FIELD, image_keys
+from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
 from vlm_datasets.captions import to_chat
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
@@ -100,7 +100,7 @@ class ExampleCollator:
         if self.vision_cache_keys:
             uids, counts = [e.uid for e in examples], [len(e.images) for e in examples]
             ip = self.inner.processor.image_processor
-            batch[KEYS_FIELD] = image_keys(uids, counts, ip, batch.get("image_grid_thw"))
+            batch[KEYS_FIELD] = ImageKeys(tuple(image_keys(uids, counts, ip, batch.get("image_grid_thw"))))
         return batch
 
 

@@ -35,7 +35,7 @@ from PIL import Image
 from training.collators import IGNORE_INDEX, render
 from training.models import has_grid
 from training.preflight import TokenBudget, check_token_budget
-from training.vision_cache import KEYS_FIELD, image_keys
+from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
@@ -291,7 +291,7 @@ class TokenizedCollator:
             uids, counts = [r["uid"] for r in rows], [len(r["images"]) for r in rows]
             digests = [d for r in rows for d in r.get("image_digests") or [""] * len(r["images"])]
             ip, grid = self.processor.image_processor, pixels.get("image_grid_thw")
-            batch[KEYS_FIELD] = image_keys(uids, counts, ip, grid, digests)
+            batch[KEYS_FIELD] = ImageKeys(tuple(image_keys(uids, counts, ip, grid, digests)))
         return batch
 
 

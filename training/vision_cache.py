@@ -54,12 +54,20 @@ logger = logging.getLogger(__name__)
 SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel")
 MODES = ("auto", "true", "false")
 ATTRIBUTE = "vision_feature_cache"  # the VisionFeatureCache on the backbone
-KEYS_FIELD = "image_cache_keys"  # the batch field with one key per image (image_keys), taken out by the backbone
+KEYS_FIELD = "image_cache_keys"  # the batch field with the ImageKeys of its images, taken out by the backbone
 # Device types where `auto` turns the cache on: where a measurement showed a gain (docs/training_speed.md).
 MEASURED_ON = ("cpu",)
 # kwargs that change what the tower computes or returns: such a call is not served from the cache
 _PRECOMPUTED = ("position_ids", "cu_seqlens", "max_seqlen")
 _OUTPUTS = ("output_attentions", "output_hidden_states")
+
+
+@dataclass(frozen=True)
+class ImageKeys:
+    """A batch's image keys (`image_keys`, pixel_values' order) as one opaque value: the Trainer and accelerate move
+    lists and tuples element by element (~0.6 ms for 64 keys), and pass anything else through as it is."""
+
+    keys: tuple[tuple, ...]
 
 
 @dataclass
@@ -78,9 +86,9 @@ class VisionFeatureCache:
     _warned: set = field(default_factory=set)
 
     @contextmanager
-    def keyed(self, keys: list[tuple] | None):
+    def keyed(self, keys: ImageKeys | list[tuple] | None):
         """Within the block, get_image_features reads `keys` as the keys of its images (pixel_values' order)."""
-        before, self.keys = self.keys, keys
+        before, self.keys = self.keys, list(keys.keys) if isinstance(keys, ImageKeys) else keys
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
+from accelerate.utils import send_to_device
 from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
 
@@ -196,8 +197,11 @@ def test_the_collator_keys_by_the_encoded_file(tiny_model_dir, isolated_artifact
     cells = rows.cast_column("images", datasets.Sequence(datasets.Image(decode=False)))[0]["images"]
     assert split[0]["image_digests"] == [hashlib.sha1(c["bytes"]).hexdigest() for c in cells]
     collator = TokenizedCollator(processor, vision_cache_keys=True)
-    keys = collator(list(split))[vision_cache.KEYS_FIELD]
+    batch = collator(list(split))
+    keys = batch[vision_cache.KEYS_FIELD].keys
     assert len(keys) == 5 * 2 and keys[8:] == keys[:2] and all(k[0][0] == "sha1" for k in keys)
+    # one opaque value: moved to the device as it is, not walked tuple by tuple
+    assert send_to_device(batch, "cpu")[vision_cache.KEYS_FIELD] is batch[vision_cache.KEYS_FIELD]
     assert vision_cache.KEYS_FIELD not in TokenizedCollator(processor)(list(split))  # only when asked
 
 
