@@ -8,9 +8,14 @@ import os
 import re
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from itertools import islice
 from pathlib import Path
+from typing import IO
 
+import datasets
 import torch
 from tqdm.auto import tqdm
 from transformers import set_seed
@@ -18,15 +23,18 @@ from trl import ModelConfig
 
 from evals.metrics import compute_metrics
 from evals.report import write_report
-from evals.scoring import batches_by_length, score_generate, score_likelihood
+from evals.scoring import Scored, batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
 from training.run_record import write_json_atomic, write_run_record
 from vlm_datasets.config import DataArguments
 from vlm_datasets.errors import DataError
+from vlm_datasets.example import Example
 from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
+
+Scorer = Callable[[list[Example]], list[Scored]]  # a batch of examples -> their answers, in order
 
 
 @dataclass
@@ -46,6 +54,13 @@ class EvalArguments:
         },
     )
     batch_size: int = field(default=32, metadata={"help": "Examples per forward pass."})
+    eval_window: int = field(
+        default=512,
+        metadata={
+            "help": "Examples read (images decoded) at a time: batched by length within the window, scored, written, "
+            "then dropped, so memory stays flat whatever the split's size. Larger: less padding, more memory."
+        },
+    )
     max_new_tokens: int = field(default=8, metadata={"help": "Generation scoring: new tokens per answer."})
     seed: int = field(default=0, metadata={"help": "Random seed (also of the bootstrap confidence intervals)."})
     image_order_probe: bool = field(
@@ -64,6 +79,10 @@ class EvalArguments:
         default=False,
         metadata={"help": "Run model code shipped with a hub repo (off: installed transformers only)."},
     )
+
+    def __post_init__(self):
+        if self.eval_window < 1:
+            raise ValueError(f"eval_window {self.eval_window}: at least one example per window")
 
 
 def _device(model) -> torch.device:
@@ -152,8 +171,9 @@ def _fingerprint(eval_args: EvalArguments, data_args: DataArguments, model_args:
     }
 
 
-def read_partial_predictions(path: Path, split_uids: set[str]) -> dict[str, dict]:
-    """Records already written by an earlier (possibly killed) run; a torn last line is cut off the file."""
+def read_partial_predictions(path: Path, split_uids: set[str] | None) -> dict[str, dict]:
+    """Records already written by an earlier (possibly killed) run; a torn last line is cut off the file. Each uid
+    must be in `split_uids` (None: a stream's uids, unknown until it is read; run_evaluation checks them then)."""
     if not path.exists():
         return {}
     data = path.read_bytes()
@@ -169,13 +189,13 @@ def read_partial_predictions(path: Path, split_uids: set[str]) -> dict[str, dict
             raise DataError(
                 f"{path}:{line_no}", "not a prediction record; remove the file or pick another output_dir"
             ) from None
-        if uid not in split_uids:
+        if split_uids is not None and uid not in split_uids:
             raise DataError(f"{path}:{line_no}", f"uid {uid} is not in the split being evaluated")
         done[uid] = rec  # a uid written twice (killed between write and flush) keeps its last record
     return done
 
 
-def _resume_state(out_dir: Path, fingerprint: dict, split_uids: set[str], overwrite: bool) -> dict[str, dict]:
+def _resume_state(out_dir: Path, fingerprint: dict, split_uids: set[str] | None, overwrite: bool) -> dict[str, dict]:
     """Predictions to keep from an earlier run in out_dir (refused when made with other settings)."""
     state_path, pred_path = out_dir / "eval_state.json", out_dir / "predictions.jsonl"
     if overwrite:
@@ -216,17 +236,20 @@ def _score(model, processor, batch, template, eval_args: EvalArguments):
 _SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
 
-def image_order_probe(model, processor, examples, records: dict[str, dict], template, eval_args, out_dir: Path) -> dict:
-    """Swap the two images of every statement that names no side; the share of answers that change.
+def image_order_probe_rows(
+    window: list[Example], records: dict[str, dict], score: Scorer, batch_size: int
+) -> list[dict]:
+    """Swap the two images of every statement in `window` that names no side and score it again.
 
     A model that reads both images gives the same answer either way; one that looks at a single image often does not.
-    Writes image_order_probe.jsonl (uid, prediction, swapped_prediction, p_true, swapped_p_true).
+    One row per probed example: uid, prediction, swapped_prediction, p_true, swapped_p_true (`records` holds the
+    unswapped answers).
     """
-    probe = [ex for ex in examples if len(ex.images) == 2 and not _SIDE_WORDS.search(ex.sentence)]
+    probe = [ex for ex in window if len(ex.images) == 2 and not _SIDE_WORDS.search(ex.sentence)]
     swapped = [replace(ex, images=ex.images[::-1]) for ex in probe]
     rows = []
-    for batch in tqdm(list(batches_by_length(swapped, eval_args.batch_size)), desc="image-order probe", unit="batch"):
-        for ex, s in zip(batch, _score(model, processor, batch, template, eval_args), strict=True):
+    for batch in batches_by_length(swapped, batch_size):
+        for ex, s in zip(batch, score(batch), strict=True):
             base = records[ex.uid]
             rows.append(
                 {
@@ -237,6 +260,11 @@ def image_order_probe(model, processor, examples, records: dict[str, dict], temp
                     "swapped_p_true": s.p_true,
                 }
             )
+    return rows
+
+
+def write_probe(rows: list[dict], out_dir: Path) -> dict:
+    """image_order_probe.jsonl and its summary: the share of answers that change when the images swap."""
     write_jsonl_atomic(out_dir / "image_order_probe.jsonl", rows)
     changed = sum(r["prediction"] != r["swapped_prediction"] for r in rows)
     return {"n": len(rows), "n_changed": changed, "share_changed": changed / len(rows) if rows else None}
@@ -251,6 +279,94 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _check_rows(rows: Iterable[tuple[str, dict]], seen: set[str], split: str, template) -> list[str]:
+    """The uids of (uid, meta) rows, in order, added to `seen`; ValueError for a uid already seen or for examples
+    carrying their own prompt template."""
+    uids, templates = [], set()
+    for uid, meta in rows:
+        if uid in seen:
+            raise ValueError(f"uid {uid}: appears twice in split {split!r}; predictions are keyed by uid")
+        seen.add(uid)
+        uids.append(uid)
+        templates.add(meta.get("prompt_template"))
+    own = sorted(templates - {None, template.name})
+    if own:  # scoring compares the answers of ONE template (train_instructions: multi shapes training splits only)
+        raise ValueError(
+            f"split {split!r}: examples carry their own prompt templates ({', '.join(own[:5])}); evaluation scores "
+            f"every example with prompt_template {template.name!r}: evaluate a split without them"
+        )
+    return uids
+
+
+def _split_uids(ds, split: str, template) -> set[str] | None:
+    """A map-style split's uids, checked before anything is scored, read from two columns (no image decoded);
+    None for a stream, whose rows are checked window by window as they are read."""
+    if not isinstance(ds, datasets.Dataset):
+        return None
+    rows = ((uid, json.loads(meta) if meta else {}) for uid, meta in zip(ds["uid"], ds["meta"], strict=True))
+    return set(_check_rows(rows, set(), split, template))
+
+
+def _windows(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    """Consecutive runs of `size` examples. The caller drops each window before asking for the next one, so at most
+    one window's decoded images are alive."""
+    it = iter(examples)
+    while window := list(islice(it, size)):
+        yield window
+        del window  # not alive while the next one is read
+
+
+@dataclass
+class _Pass:
+    """One pass over the split: predictions go to `done` and `fh` (flushed per batch), the split's uid order,
+    image-order probe rows (when probing) and the scoring counters."""
+
+    score: Scorer
+    batch_size: int
+    done: dict[str, dict]
+    fh: IO[str]
+    bar: tqdm
+    probe: bool
+    seen: set[str] = field(default_factory=set)
+    order: list[str] = field(default_factory=list)
+    probe_rows: list[dict] = field(default_factory=list)
+    n_scored: int = 0
+    score_seconds: float = 0.0
+
+
+def _score_window(run: _Pass, window: list[Example]) -> None:
+    """Score the window's examples not already in run.done, in batches of similar length; append and flush each."""
+    start = time.time()
+    todo = [ex for ex in window if ex.uid not in run.done]
+    for batch in batches_by_length(todo, run.batch_size):
+        for ex, scored in zip(batch, run.score(batch), strict=True):
+            run.done[ex.uid] = _record(ex, scored)
+            run.fh.write(json.dumps(run.done[ex.uid]) + "\n")
+        run.fh.flush()
+        os.fsync(run.fh.fileno())
+        run.bar.update(len(batch))
+    run.n_scored += len(todo)
+    run.score_seconds += time.time() - start
+
+
+def _score_split(run: _Pass, examples: Iterable[Example], window_size: int, split: str, template) -> None:
+    """Read the split a window at a time: check it, score what is missing, probe it; then drop its images."""
+    for window in _windows(examples, window_size):
+        run.order += _check_rows(((ex.uid, ex.meta) for ex in window), run.seen, split, template)
+        _score_window(run, window)
+        if run.probe:
+            run.probe_rows += image_order_probe_rows(window, run.done, run.score, run.batch_size)
+            run.bar.set_postfix(image_order_probe=len(run.probe_rows))
+        del window  # before the next window is read
+
+
+def _require_split_uids(done: dict[str, dict], order: list[str], pred_path: Path) -> None:
+    """Predictions resumed from a stream (not checked when read) must all belong to the split just read."""
+    foreign = sorted(set(done) - set(order))
+    if foreign:
+        raise DataError(str(pred_path), f"uid {foreign[0]} is not in the split being evaluated")
+
+
 def run_evaluation(
     eval_args: EvalArguments,
     data_args: DataArguments,
@@ -259,8 +375,9 @@ def run_evaluation(
 ) -> dict:
     """Score every example of the eval split, write predictions.jsonl (by uid) and metrics.json; return metrics.
 
-    Predictions are appended and flushed per batch: a killed evaluation started again with the same settings and
-    output_dir scores only the examples it has not written yet.
+    The split is read eval_window examples at a time (memory stays flat as the split grows). Predictions are appended
+    and flushed per batch: a killed evaluation started again with the same settings and output_dir scores only the
+    examples it has not written yet.
     """
     set_seed(eval_args.seed)
     start = time.time()
@@ -268,46 +385,36 @@ def run_evaluation(
     lab_args = lab_args or LabModelArguments()
     model, processor = load_for_eval(eval_args, data_args, model_args, lab_args)
     split = data_args.dataset_eval_split
-    examples = list(iter_examples(load_split(data_args, split, limit=data_args.max_eval_examples)))
-    seen = set()
-    for ex in examples:
-        if ex.uid in seen:
-            raise ValueError(f"uid {ex.uid}: appears twice in split {split!r}; predictions are keyed by uid")
-        seen.add(ex.uid)
-    own = sorted({ex.meta.get("prompt_template") for ex in examples} - {None, template.name})
-    if own:  # scoring compares the answers of ONE template (train_instructions: multi shapes training splits only)
-        raise ValueError(
-            f"split {split!r}: examples carry their own prompt templates ({', '.join(own[:5])}); evaluation scores "
-            f"every example with prompt_template {template.name!r}: evaluate a split without them"
-        )
+    ds = load_split(data_args, split, limit=data_args.max_eval_examples)
+    split_uids = _split_uids(ds, split, template)
 
     out_dir = Path(eval_args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / "predictions.jsonl"
-    done = _resume_state(out_dir, _fingerprint(eval_args, data_args, model_args, template), seen, eval_args.overwrite)
+    fingerprint = _fingerprint(eval_args, data_args, model_args, template)
+    done = _resume_state(out_dir, fingerprint, split_uids, eval_args.overwrite)
     if done:
-        logger.info("%s: %d of %d examples already scored, continuing", pred_path, len(done), len(examples))
-    todo = [ex for ex in examples if ex.uid not in done]
-    score_start = time.time()
+        logger.info("%s: %d examples already scored, continuing", pred_path, len(done))
+    score = partial(_score, model, processor, template=template, eval_args=eval_args)
     with (
         pred_path.open("a") as fh,
-        tqdm(total=len(examples), initial=len(done), desc=f"eval {split} ({eval_args.scoring})", unit="ex") as bar,
+        tqdm(
+            total=len(split_uids) if split_uids is not None else None,
+            initial=len(done),
+            desc=f"eval {split} ({eval_args.scoring})",
+            unit="ex",
+        ) as bar,
     ):
-        for batch in batches_by_length(todo, eval_args.batch_size):
-            for ex, scored in zip(batch, _score(model, processor, batch, template, eval_args), strict=True):
-                done[ex.uid] = _record(ex, scored)
-                fh.write(json.dumps(done[ex.uid]) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            bar.update(len(batch))
-    score_seconds = time.time() - score_start
-    records = [done[ex.uid] for ex in examples]
+        run = _Pass(score, eval_args.batch_size, done, fh, bar, eval_args.image_order_probe)
+        _score_split(run, iter_examples(ds), eval_args.eval_window, split, template)
+    _require_split_uids(done, run.order, pred_path)
+    records = [done[uid] for uid in run.order]
     write_jsonl_atomic(pred_path, records)  # complete: the split's own order
 
     metrics = summarize(records) | nlvr2_metrics(records, eval_args.seed)
     manifest = dataset_manifest(data_args, split)  # its "skipped": every bad example left out (uid, where, reason)
     if eval_args.image_order_probe:
-        metrics["image_order_probe"] = image_order_probe(model, processor, examples, done, template, eval_args, out_dir)
+        metrics["image_order_probe"] = write_probe(run.probe_rows, out_dir)
     metrics |= {
         "split": split,
         "scoring": eval_args.scoring,
@@ -316,8 +423,8 @@ def run_evaluation(
         "prompt_template": template.name,
         "n_skipped": manifest["skipped"]["count"],  # listed in run_record.json -> dataset.skipped
         "bad_examples": data_args.bad_examples,
-        "n_scored_this_run": len(todo),
-        "examples_per_second": len(todo) / score_seconds if todo and score_seconds > 0 else None,
+        "n_scored_this_run": run.n_scored,
+        "examples_per_second": run.n_scored / run.score_seconds if run.n_scored and run.score_seconds > 0 else None,
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
