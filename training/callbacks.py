@@ -256,9 +256,10 @@ def resume_source(resume, output_dir: str, mirror: Path | None, main_process: bo
     if mirror is None or not wants_last:
         return resume
     mirrored = last_mirrored_checkpoint(mirror)
+    started = bool(checkpoints(output_dir))
     local = last_complete_checkpoint(output_dir, set_aside=main_process)
     if local is None and mirrored is None:
-        raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir} nor in {mirror}")
+        return _from_step_zero(output_dir, f" nor in {mirror}", started)
     if mirrored is None or (local is not None and _step(local) >= _step(mirrored)):
         return str(local)
     logger.info("resuming from the mirrored copy %s (newer than anything in %s)", mirrored, output_dir)
@@ -268,8 +269,16 @@ def resume_source(resume, output_dir: str, mirror: Path | None, main_process: bo
 def resume_checkpoint(resume: str | bool | None, output_dir: str, main_process: bool = True) -> str | bool | None:
     """Resume "true"/"last" -> the newest complete checkpoint-N of output_dir (utils.checkpoints); a path stays."""
     if resume is True or (isinstance(resume, str) and resume.lower() in ("true", "last")):
+        started = bool(checkpoints(output_dir))
         found = last_complete_checkpoint(output_dir, set_aside=main_process)
-        if found is None:
-            raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir}")
-        return str(found)
+        return str(found) if found is not None else _from_step_zero(output_dir, "", started)
     return resume
+
+
+def _from_step_zero(output_dir: str, elsewhere: str, started: bool) -> None:
+    """No complete checkpoint: a run killed during its first save (only incomplete ones, now set aside) starts
+    again from step 0; a folder that never held a checkpoint is more likely a wrong path, and is refused."""
+    if not started:
+        raise ValueError(f"--resume_from_checkpoint true: no complete checkpoint-N in {output_dir}{elsewhere}")
+    logger.warning("%s: every checkpoint-N is incomplete (set aside); training starts again from step 0", output_dir)
+    return None

@@ -220,6 +220,12 @@ def test_completeness_needs_a_parsable_trainer_state_for_its_step(tmp_path):
         resume_checkpoint("true", str(tmp_path / "empty"))
 
 
+def test_a_run_killed_during_its_first_save_starts_again_from_step_zero(tmp_path):
+    (tmp_path / "checkpoint-1").mkdir()  # weights half-written, no trainer_state.json
+    assert resume_checkpoint("true", str(tmp_path)) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.incomplete"]
+
+
 def test_train_vlm_resumes_from_the_newest_complete_checkpoint(tiny_composed_vlm, tmp_path):
     out = tmp_path / "run"
     steps = ["--max_steps", "3", "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"]
