@@ -54,6 +54,13 @@ class RehearseArguments:
     max_pixels: int | None = field(
         default=None, metadata={"help": "Override the configs' max_pixels (default: theirs; set it only for speed)."}
     )
+    gradient_accumulation_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Override the config's (default: its own); 1 makes a step one micro-batch: the peak memory "
+            "is the same, each step takes that many times less."
+        },
+    )
     zero_shot_config: str = field(
         default="evals/configs/qwen2vl_2b_zero_shot.yaml", metadata={"help": "Zero-shot evaluation config."}
     )
@@ -74,6 +81,8 @@ def training_phases(args: RehearseArguments, work: Path, data: Path) -> list[Pha
     out, steps = work / "train", args.max_steps
     common = ["--config", args.config, "--model_name_or_path", args.model_name_or_path, *data_flags(data, args)]
     common += ["--dataset_train_split", SPLIT, "--use_cpu", "true"]  # bf16 stays as the config sets it
+    if args.gradient_accumulation_steps:
+        common += ["--gradient_accumulation_steps", str(args.gradient_accumulation_steps)]
     train = ["training/sft.py", *common, "--output_dir", str(out), "--logging_steps", "1"]
     done = [str(out / "adapter_model.safetensors"), str(out / "run_record.json")]
     return [

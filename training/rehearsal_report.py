@@ -89,7 +89,12 @@ def build_report(args, work: Path, uids: list[str], stand_ins: list[dict], ran: 
         "versions": library_versions(),
         "command": " ".join(["python", *sys.argv]),
         "config": args.config,
-        "overrides": {"max_steps": args.max_steps, "resume_steps": args.resume_steps, "max_pixels": args.max_pixels},
+        "overrides": {
+            "max_steps": args.max_steps,
+            "resume_steps": args.resume_steps,
+            "max_pixels": args.max_pixels,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        },
         "data": {"annotations": args.annotations, "uids": uids, "stand_in_images": stand_ins},
         "phases": {p.name: p.to_dict() for p in ran},
         "not_run": [name for name in planned if name not in {p.name for p in ran}],
@@ -136,6 +141,10 @@ def render_markdown(r: dict) -> str:
         "",
         f"Command: `{r['command']}`. All phases {'passed' if r['ok'] else 'did NOT all pass'}"
         + (f"; not run: {', '.join(r['not_run'])}" if r["not_run"] else "")
+        + ".",
+        "",
+        "Overrides of the config (besides the model path and the data): "
+        + ", ".join(f"{k} {v}" for k, v in r["overrides"].items() if v is not None)
         + ".",
         "",
         "| phase | exit | seconds | peak_rss_gb | s/step | steps run | global step | missing outputs |",
