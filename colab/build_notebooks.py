@@ -169,8 +169,8 @@ print("adapter", ADAPTER)"""
 
 PLAYGROUND = """\
 # One prompt on a held-out example's two images ({sentence}: the example's statement); decoding knobs at hand
-from utils.example_lookup import data_arguments, split_index
-from utils.playground import DecodingKnobs, load_playground
+from evals.playground import DecodingKnobs, load_playground
+from vlm_datasets.example_lookup import data_arguments, split_index
 
 data_overrides = {"synthetic_eval_size": EVAL_EXAMPLES} if not USE_QWEN2VL_2B else {}
 model_name = MODEL[1]

@@ -25,7 +25,7 @@ import typer
 from evals.metrics import LIST_LIMIT, bootstrap_ci, category_members, name_some
 from evals.prediction_files import Prediction, RunPredictions, load_annotations, load_labels, load_run
 from utils.artifacts import artifact_dir
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 FLIPS = ("wrong_to_right", "right_to_wrong")  # A wrong and B right; A right and B wrong
 

@@ -26,8 +26,8 @@ from evals.report import write_report
 from evals.scoring import Scored, batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
 from training.run_record import write_json_atomic, write_run_record
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example
 from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
 from vlm_datasets.prompts import get_template

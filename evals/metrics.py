@@ -42,7 +42,7 @@ from evals.prediction_files import (
     load_run,
     write_predictions_csv,
 )
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.labels import parse_identifier
 
 LIST_LIMIT = 20  # uids named in an error message or an intersection note

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.labels import parse_label
 
 Prediction = bool | None  # None: the model's answer could not be parsed

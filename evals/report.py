@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # no pyplot: a bare Figure saves .png thro
 
 from evals.metrics import calibration, compute_metrics, confusion_counts, consistency_note
 from evals.prediction_files import gold_from_records, load_annotations, read_prediction_records
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 PLOTS = {
     "categories": "accuracy_by_category.png",

@@ -20,8 +20,8 @@ import typer
 
 from evals.metrics import bootstrap_ci
 from evals.prediction_files import predictions_file, read_prediction_records
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.synthetic import SIDES, scenes_of, statement_truths
 from vlm_datasets.synthetic_source import synthetic_config, synthetic_size
 

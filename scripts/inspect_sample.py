@@ -26,12 +26,12 @@ import typer
 from PIL import Image
 
 from evals.prediction_files import load_annotations
+from evals.uid_selection import is_right, load_runs
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.models import ModelNotAvailableError, load_processor
-from utils.example_lookup import data_arguments, find_example, image_files, read_config
+from utils.errors import DataError
 from utils.file_names import safe_stem
-from utils.uid_selection import is_right, load_runs
-from vlm_datasets.errors import DataError
+from vlm_datasets.example_lookup import data_arguments, find_example, image_files, read_config
 
 Opt = typer.Option
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}

@@ -24,8 +24,8 @@ from typing import Annotated, TextIO
 
 import typer
 
-from utils.playground import DecodingKnobs, Playground, load_playground
-from vlm_datasets.errors import DataError
+from evals.playground import DecodingKnobs, Playground, load_playground
+from utils.errors import DataError
 
 Opt = typer.Option
 HELP = """commands:

@@ -40,8 +40,8 @@ from pathlib import Path
 from trl import TrlParser
 
 from evals.sweep_report import metric_value, write_results
+from scripts.sweeps import SweepArguments, check_changed, execute, expand, plan, run_state, sweep_record, validate
 from training.run_record import write_json_atomic
-from training.sweeps import SweepArguments, check_changed, execute, expand, plan, run_state, sweep_record, validate
 
 
 def _runs_for_report(runs) -> list[dict]:

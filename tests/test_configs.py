@@ -9,9 +9,9 @@ import pytest
 from trl import TrlParser
 
 from evals.evaluate import make_parser as make_eval_parser
+from scripts.sweeps import SweepArguments, expand, plan, validate
 from training.pretrain_lm import make_parser as make_lm_parser
 from training.sft import make_parser as make_sft_parser
-from training.sweeps import SweepArguments, expand, plan, validate
 from vlm_datasets.prompts import TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]

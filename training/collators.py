@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
+from utils.errors import DataError
 from vlm_datasets.captions import to_chat
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
 from vlm_datasets.prompts import to_conversation
 

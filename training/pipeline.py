@@ -36,8 +36,8 @@ from training.collators import IGNORE_INDEX, render
 from training.models import has_grid
 from training.preflight import TokenBudget, check_token_budget
 from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import row_to_example
 from vlm_datasets.loading import load_split, require_labels
 from vlm_datasets.prompts import PromptTemplate, to_conversation

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import datasets
 import numpy as np
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 logger = logging.getLogger(__name__)
 

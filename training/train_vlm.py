@@ -46,11 +46,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from evals.prediction_files import write_generated
+from evals.vlm_eval import VLMEvalArguments, constant_baseline, evaluate, held_out_texts
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.collators import CaptionCollator
 from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
 from training.stages import StageArguments, VLMTrainer, lora_config, set_trainable
-from training.vlm_eval import VLMEvalArguments, constant_baseline, evaluate, held_out_texts
 from vlm_datasets.captions import CaptionDataArguments, caption_skip_report, load_caption_split
 
 logger = logging.getLogger(__name__)

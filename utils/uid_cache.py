@@ -29,7 +29,7 @@ from typing import Annotated
 import typer
 
 from utils.artifacts import artifact_dir
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 try:  # POSIX advisory lock around read-modify-write; without it (Windows) writes stay atomic but may race
     import fcntl

@@ -12,8 +12,8 @@ import json
 import logging
 from typing import Any
 
+from utils.errors import DataError
 from vlm_datasets.config import BAD_EXAMPLE_POLICIES as POLICIES
-from vlm_datasets.errors import DataError
 
 logger = logging.getLogger(__name__)
 

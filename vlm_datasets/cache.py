@@ -28,9 +28,9 @@ from typing import Any
 import datasets
 
 from utils.artifacts import artifact_dir
+from utils.errors import DataError
 from vlm_datasets.bad_examples import SkipLog, new_skip_log, skip_report
 from vlm_datasets.config import CACHE_VERIFY_LEVELS, DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES
 
 logger = logging.getLogger(__name__)

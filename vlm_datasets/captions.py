@@ -38,9 +38,9 @@ import datasets
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets.bad_examples import SkipLog, new_skip_log, skip_report
 from vlm_datasets.config import BAD_EXAMPLE_POLICIES
-from vlm_datasets.errors import DataError
 from vlm_datasets.hub import _in_local_cache, _is_image_feature, _is_offline, _to_rgb, _undecoded
 from vlm_datasets.images import normalize_image
 from vlm_datasets.synthetic import COLORS, NUMBERS, SHAPES, Obj, describe, random_scene, render

@@ -14,9 +14,9 @@ import huggingface_hub.constants
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES, Example
 from vlm_datasets.images import normalize_image, open_image
 from vlm_datasets.labels import parse_label, parse_sentence, parse_uid

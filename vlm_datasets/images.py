@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 # Qwen2-VL's smart_resize raises for a longer/shorter side ratio above 200 (at the first batch, naming no example).
 MAX_ASPECT_RATIO = 200

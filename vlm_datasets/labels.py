@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}

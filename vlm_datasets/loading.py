@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterable, Iterator
 
 import datasets
 
+from utils.errors import DataError
 from vlm_datasets.bad_examples import skip_log, skip_report
 from vlm_datasets.cache import NotCachedError, build_cache, load_cached_split, resolve_cache_dir
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, row_to_example
 from vlm_datasets.hub import hub_split
 from vlm_datasets.manifest import jsonl_split

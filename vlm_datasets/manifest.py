@@ -15,9 +15,9 @@ import datasets
 from datasets.exceptions import DatasetGenerationError
 
 from utils.artifacts import artifact_dir
+from utils.errors import DataError
 from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES, Example
 from vlm_datasets.images import open_image
 from vlm_datasets.labels import parse_label, parse_sentence, parse_uid

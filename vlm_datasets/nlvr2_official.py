@@ -9,9 +9,9 @@ from typing import Any
 
 import datasets
 
+from utils.errors import DataError
 from vlm_datasets.bad_examples import SkipLog, new_skip_log
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.labels import parse_identifier, parse_label, parse_sentence, parse_uid
 from vlm_datasets.manifest import LocalItem, content_fingerprint, dataset_from_examples, read_jsonl
 

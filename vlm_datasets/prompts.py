@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.example import Example
 
 _TWO_IMAGES = "the two images"  # the one phrase user_text adapts to the image count

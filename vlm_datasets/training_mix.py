@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import datasets
 
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.labels import parse_identifier
 from vlm_datasets.prompts import instruction_pool
 

@@ -11,7 +11,7 @@ import pytest
 from evals import compare
 from evals.compare import compare_predictions, mcnemar_exact
 from evals.prediction_files import write_predictions_csv
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 # uid: (label, prediction A, prediction B, category). Shared: the first five; dev-3-1-0 only in A, dev-4-0-0 only
 # in B. A right on dev-1-0-0 and dev-2-1-0 (2/5); B right on dev-1-0-0, dev-1-1-0, dev-2-0-0 (3/5).

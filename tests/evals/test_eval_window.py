@@ -12,7 +12,7 @@ import pytest
 
 from evals import evaluate, zero_shot
 from evals.evaluate import EvalArguments, make_parser
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "evals/configs/embedded_zero_shot.yaml"

@@ -21,7 +21,7 @@ from evals.prediction_files import (
     read_predictions_csv,
     write_predictions_csv,
 )
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 NLVR2 = Path(__file__).resolve().parents[1] / "data" / "nlvr2"  # real dev lines (tests/data/nlvr2/README.md)
 

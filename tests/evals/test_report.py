@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from evals.report import PLOTS, write_report
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ import pytest
 
 from evals import zero_shot
 from evals.evaluate import make_parser, read_partial_predictions
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "evals/configs/embedded_zero_shot.yaml"

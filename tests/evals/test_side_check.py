@@ -9,8 +9,8 @@ import json
 import pytest
 
 from evals.side_check import GROUPS, main, named_side
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.synthetic import generate, scenes_of, statement_truths
 
 N = 96

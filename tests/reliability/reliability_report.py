@@ -37,9 +37,9 @@ from reliability_corpus import (  # noqa: E402
     write_corpus,
 )
 
+from utils.errors import DataError  # noqa: E402
 from vlm_datasets.cache import build_cache, load_cached_split  # noqa: E402
 from vlm_datasets.config import DataArguments  # noqa: E402
-from vlm_datasets.errors import DataError  # noqa: E402
 from vlm_datasets.loading import iter_examples, load_split  # noqa: E402
 
 

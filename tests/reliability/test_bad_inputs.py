@@ -15,11 +15,11 @@ from reliability_report import data_args, measure_caption_loaders, measure_eval,
 
 from training.models import load_processor
 from training.pipeline import tokenize_split
+from utils.errors import DataError
 from vlm_datasets import hub
 from vlm_datasets.bad_examples import skip_report
 from vlm_datasets.cache import CacheError, NotCachedError, build_cache, load_cached_split, verify_cache
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.labels import Identifier, parse_answer, parse_identifier, parse_label, parse_uid
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")

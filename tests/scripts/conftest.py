@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from utils.example_lookup import data_arguments, split_index
+from vlm_datasets.example_lookup import data_arguments, split_index
 
 N = 24  # synthetic examples in the split
 SPLIT = "test"

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from scripts import inspect_sample
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 
 def test_synthetic_uid_tokens_meta_and_runs(synthetic_config, split_rows, runs, tiny_model_dir, capsys):

@@ -9,11 +9,11 @@ from dataclasses import asdict
 
 import pytest
 
+from evals.playground import DecodingKnobs, load_playground
 from scripts import model_playground
-from utils.example_lookup import data_arguments, find_example, split_index
-from utils.playground import DecodingKnobs, load_playground
+from utils.errors import DataError
 from utils.uid_cache import UidCache
-from vlm_datasets.errors import DataError
+from vlm_datasets.example_lookup import data_arguments, find_example, split_index
 
 
 @pytest.fixture

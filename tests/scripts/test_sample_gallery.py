@@ -18,14 +18,14 @@ import datasets
 import pytest
 from PIL import Image
 
+from evals.caption_runs import load_caption_run
 from evals.prediction_files import read_generated
 from scripts import sample_gallery
-from utils.caption_runs import load_caption_run
-from utils.example_lookup import random_draw
+from utils.errors import DataError
 from utils.file_names import safe_stem
 from utils.uid_cache import UidCache
 from vlm_datasets.captions import synthetic_rows
-from vlm_datasets.errors import DataError
+from vlm_datasets.example_lookup import random_draw
 
 
 def chosen(page: Path) -> list[str]:

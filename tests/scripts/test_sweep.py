@@ -15,8 +15,8 @@ import pytest
 
 from evals import finetuned
 from scripts.sweep import main
+from scripts.sweeps import SweepArguments
 from training import sft
-from training.sweeps import SweepArguments
 
 
 def tiny_sweep(tmp_path: Path, tiny_model_dir: Path, **kwargs) -> SweepArguments:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from training.collators import IGNORE_INDEX, ExampleCollator, PromptCompletionCollator
 from training.models import load_processor
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.example import Example
 from vlm_datasets.prompts import TEMPLATES, get_template, to_conversation
 from vlm_datasets.synthetic import generate

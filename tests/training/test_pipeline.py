@@ -20,9 +20,9 @@ from training.pipeline import (
     image_token_counts,
     tokenize_split,
 )
+from utils.errors import DataError
 from vlm_datasets.cache import build_cache, load_cached_split
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.prompts import TEMPLATES, get_template
 from vlm_datasets.synthetic import generate

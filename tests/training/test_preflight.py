@@ -12,7 +12,7 @@ from PIL import Image
 from training.models import load_processor
 from training.pipeline import tokenize_split
 from training.preflight import check_token_budget, token_budget
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.prompts import get_template
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from utils import uid_cache
+from utils.errors import DataError
 from utils.uid_cache import UidCache, default_cache_path
-from vlm_datasets.errors import DataError
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets.captions import (
     CAPTION_PROMPT,
     CaptionDataArguments,
@@ -17,7 +18,6 @@ from vlm_datasets.captions import (
     synthetic_rows,
     to_chat,
 )
-from vlm_datasets.errors import DataError
 from vlm_datasets.synthetic import NUMBERS, Obj, describe
 
 

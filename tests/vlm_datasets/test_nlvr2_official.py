@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.labels import parse_identifier
 from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.nlvr2_official import index_images, nlvr2_split, read_annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 from vlm_datasets.example import Example
 from vlm_datasets.prompts import INSTRUCTION_TEMPLATES, TEMPLATES, get_template, to_conversation
 

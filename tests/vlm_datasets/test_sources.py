@@ -12,10 +12,10 @@ import huggingface_hub.constants
 import pytest
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets import hub
 from vlm_datasets.cache import build_cache, load_cached_split
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import CANONICAL_FEATURES
 from vlm_datasets.hub import HubUnreachableError, hub_split, resolve_column_map, to_canonical
 from vlm_datasets.loading import iter_examples, load_split

@@ -10,8 +10,8 @@ import datasets
 import pytest
 from PIL import Image
 
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, examples_to_dataset
 from vlm_datasets.prompts import instruction_pool
 from vlm_datasets.training_mix import assign_instructions, image_pair_key, select_image_pairs, shape_training_split

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evals.compare import FLIPS, run_name
 from evals.prediction_files import load_labels, load_run, predictions_file, read_prediction_records
-from vlm_datasets.errors import DataError
+from utils.errors import DataError
 
 
 @dataclass

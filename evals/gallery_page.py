@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from evals.uid_selection import is_right
 from utils.file_names import image_file_name, safe_stem
-from utils.uid_selection import is_right
 from vlm_datasets.example import Example
 
 IMAGE_DIR = "images"
@@ -41,7 +41,7 @@ tr.right td:last-child { color: #080; } tr.wrong td:last-child { color: #b00; }
 """
 
 
-SCORE_NAMES = {"exact_match": "exact match", "cider": "CIDEr-D", "rouge_l": "ROUGE-L"}  # training/vlm_eval.row_scores
+SCORE_NAMES = {"exact_match": "exact match", "cider": "CIDEr-D", "rouge_l": "ROUGE-L"}  # evals/vlm_eval.row_scores
 
 
 @dataclass

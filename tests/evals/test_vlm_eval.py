@@ -1,4 +1,4 @@
-"""training/vlm_eval.py's per-row scores (exact match for questions, CIDEr-D and ROUGE-L for captions) against its
+"""evals/vlm_eval.py's per-row scores (exact match for questions, CIDEr-D and ROUGE-L for captions) against its
 corpus scores, and the predictions file training/train_vlm.py writes (evals/prediction_files.py): round trip, and a
 malformed line named by file:line."""
 
@@ -9,9 +9,9 @@ import json
 import pytest
 
 from evals.prediction_files import read_generated, write_generated
-from training.vlm_eval import row_scores, score
+from evals.vlm_eval import row_scores, score
+from utils.errors import DataError
 from vlm_datasets.captions import synthetic_rows
-from vlm_datasets.errors import DataError
 
 
 def records(rows, predictions):

@@ -1,7 +1,7 @@
 """Composed-VLM runs (training/train_vlm.py's run folders) for the gallery: each row's generated text scored on its
 own, and the evaluation rows, images included, rebuilt from the data that the run's run_record.json names.
 
-Per-row scores (training/vlm_eval.py's row_scores): questions (task qa) exact match, caption and chat rows CIDEr-D
+Per-row scores (evals/vlm_eval.py's row_scores): questions (task qa) exact match, caption and chat rows CIDEr-D
 (document frequencies over the run's rows of that task, so their mean is summary.json's CIDEr) and ROUGE-L; BLEU-4 is
 a corpus score, in summary.json only. A row's `score` (what --wrong sorts on) is its exact match or its CIDEr-D.
 """
@@ -17,11 +17,11 @@ import datasets
 from transformers import HfArgumentParser
 
 from evals.compare import run_name
+from evals.gallery_page import GalleryItem, GeneratedText
 from evals.prediction_files import predictions_file, read_generated
-from training.vlm_eval import row_scores
-from utils.gallery_page import GalleryItem, GeneratedText
+from evals.vlm_eval import row_scores
+from utils.errors import DataError
 from vlm_datasets.captions import CaptionDataArguments, load_caption_split
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example
 from vlm_datasets.images import normalize_image
 

@@ -1,4 +1,4 @@
-"""training/sweeps.py: grid and variant expansion, cell names, seeds, where overrides go, and the refusals that come
+"""scripts/sweeps.py: grid and variant expansion, cell names, seeds, where overrides go, and the refusals that come
 before anything runs (unknown fields, empty grids, fields the sweep sets itself)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from trl import TrlParser
 
-from training.sweeps import SweepArguments, config_texts, expand, plan, validate, value_label
+from scripts.sweeps import SweepArguments, config_texts, expand, plan, validate, value_label
 
 REPO = Path(__file__).resolve().parents[2]
 

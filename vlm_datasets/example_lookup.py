@@ -16,8 +16,8 @@ import datasets
 import yaml
 from transformers import HfArgumentParser
 
+from utils.errors import DataError
 from vlm_datasets.config import DataArguments
-from vlm_datasets.errors import DataError
 from vlm_datasets.example import Example, row_to_example
 from vlm_datasets.loading import load_split
 from vlm_datasets.manifest import manifest_path
