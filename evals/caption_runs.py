@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 from transformers import HfArgumentParser
 
-from evals.compare import run_name
+from evals.comparison import run_name
 from evals.gallery_page import GalleryItem, GeneratedText
 from evals.prediction_files import predictions_file, read_generated
 from evals.vlm_eval import row_scores

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from transformers import set_seed
 from trl import ModelConfig
 
-from evals.metrics import compute_metrics
-from evals.report import write_report
+from evals.run_metrics import compute_metrics
+from evals.run_report import write_report
 from evals.scoring import Scored, batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
 from training.run_record import write_json_atomic, write_run_record
@@ -135,7 +135,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def nlvr2_metrics(records: list[dict], seed: int = 0) -> dict:
-    """Consistency and bootstrap CIs (evals.metrics) over the labeled records; per category when they carry one."""
+    """Consistency and bootstrap CIs (evals.run_metrics) over the labeled records; per category when they carry one."""
     labeled = [r for r in records if r["label"] is not None]
     if not labeled:
         return {}

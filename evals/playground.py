@@ -20,7 +20,7 @@ from evals.evaluate import EvalArguments, load_for_eval
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.models import LabModelArguments
 from utils.artifacts import artifact_dir
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import Example
 from vlm_datasets.example_lookup import data_arguments, find_example, read_config

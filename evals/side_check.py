@@ -18,8 +18,8 @@ from typing import Annotated
 
 import typer
 
-from evals.metrics import bootstrap_ci
 from evals.prediction_files import predictions_file, read_prediction_records
+from evals.run_metrics import bootstrap_ci
 from utils.errors import DataError
 from vlm_datasets.config import DataArguments
 from vlm_datasets.synthetic import SIDES, scenes_of, statement_truths

@@ -1,5 +1,5 @@
 """Choosing uids for error analysis from evaluation runs: wrong answers, flips between two runs, categories, p_true
-bands. An unparseable prediction counts as wrong, as in evals/metrics.py and evals/compare.py."""
+bands. An unparseable prediction counts as wrong, as in evals/run_metrics.py and evals/comparison.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evals.compare import FLIPS, run_name
+from evals.comparison import FLIPS, run_name
 from evals.prediction_files import load_labels, load_run, predictions_file, read_prediction_records
 from utils.errors import DataError
 

@@ -40,13 +40,13 @@ from typing import Annotated
 import typer
 
 from evals.caption_runs import SCORES, caption_item, caption_runs, describe, find_rows, worst_first
-from evals.compare import FLIPS
+from evals.comparison import FLIPS
 from evals.gallery_page import GalleryItem, write_gallery
 from evals.prediction_files import load_annotations
 from evals.uid_selection import Run, flips, gold_labels, load_runs, p_true_band, run_categories, wrong
 from utils.artifacts import artifact_dir
 from utils.errors import DataError
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 from vlm_datasets.example import Example
 from vlm_datasets.example_lookup import data_arguments, find_examples, random_draw, split_index
 

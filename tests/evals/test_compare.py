@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evals import compare
-from evals.compare import compare_predictions, mcnemar_exact
+from evals import comparison
+from evals.comparison import compare_predictions, mcnemar_exact
 from evals.prediction_files import write_predictions_csv
 from utils.errors import DataError
 
@@ -59,7 +59,7 @@ def test_mcnemar_exact_large_counts_stay_finite():
 
 def test_compare_runs_flips_deltas_and_files(tmp_path):
     a, b = write_run(tmp_path / "zero_shot", 1), write_run(tmp_path / "finetuned", 2)
-    result = compare.main(a, b, out=tmp_path / "cmp", n_resamples=200)
+    result = comparison.compare_runs(a, b, out=tmp_path / "cmp", n_resamples=200)
     assert (result["n"], result["n_only_a"], result["n_only_b"]) == (5, 1, 1)
     assert (result["only_a_uids"], result["only_b_uids"]) == (["dev-3-1-0"], ["dev-4-0-0"])
     assert (result["accuracy_a"], result["accuracy_b"]) == (pytest.approx(0.4), pytest.approx(0.6))
@@ -75,14 +75,14 @@ def test_compare_runs_flips_deltas_and_files(tmp_path):
     assert json.loads((out / "compare.json").read_text()) == result
     assert (out / "wrong_to_right.txt").read_text().splitlines() == ["dev-1-1-0", "dev-2-0-0"]
     assert (out / "right_to_wrong.txt").read_text().splitlines() == ["dev-2-1-0"]
-    text = compare.summary_text(result)
+    text = comparison.summary_text(result)
     assert "shared uids: 5 (not shared: 1 only in A, 1 only in B)" in text and "+20.00 points" in text
 
 
 def test_default_output_folder_is_under_the_artifact_root(tmp_path, monkeypatch):
     monkeypatch.setenv("VLM_STUDIES_ROOT", str(tmp_path / "artifacts"))
     a, b = write_run(tmp_path / "zero_shot", 1), write_run(tmp_path / "finetuned", 2)
-    result = compare.main(a, b, n_resamples=10)
+    result = comparison.compare_runs(a, b, n_resamples=10)
     expected = tmp_path / "artifacts" / "analysis" / "compare" / "zero_shot__vs__finetuned"
     assert Path(result["out_dir"]) == expected and (expected / "compare.json").exists()
 
@@ -94,10 +94,12 @@ def test_csv_runs_take_labels_from_the_official_file(tmp_path):
     )
     for name, which in (("a.csv", 1), ("b.csv", 2)):
         write_predictions_csv({u: r[which] for u, r in ROWS.items() if r[which] != "absent"}, tmp_path / name)
-    result = compare.main(tmp_path / "a.csv", tmp_path / "b.csv", out=tmp_path / "cmp", labels=labels, n_resamples=10)
+    result = comparison.compare_runs(
+        tmp_path / "a.csv", tmp_path / "b.csv", out=tmp_path / "cmp", labels=labels, n_resamples=10
+    )
     assert result["flips"]["wrong_to_right"] == ["dev-1-1-0", "dev-2-0-0"] and result["delta"] == pytest.approx(0.2)
     with pytest.raises(DataError, match="5 shared uids have no label"):
-        compare.main(tmp_path / "a.csv", tmp_path / "b.csv", out=tmp_path / "cmp2")
+        comparison.compare_runs(tmp_path / "a.csv", tmp_path / "b.csv", out=tmp_path / "cmp2")
 
 
 def test_runs_with_different_labels_are_refused(tmp_path):
@@ -106,6 +108,6 @@ def test_runs_with_different_labels_are_refused(tmp_path):
     b.mkdir()
     (b / "predictions.jsonl").write_text(json.dumps({"uid": "dev-1-0-0", "label": False, "prediction": True}) + "\n")
     with pytest.raises(DataError, match="labels differ for 1 uids: dev-1-0-0"):
-        compare.main(a, b, out=tmp_path / "cmp")
+        comparison.compare_runs(a, b, out=tmp_path / "cmp")
     with pytest.raises(DataError, match="share no uid"):
         compare_predictions({"x": True}, {"y": True}, {"x": True, "y": True})

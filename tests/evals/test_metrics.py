@@ -11,8 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from evals import metrics
-from evals.metrics import bootstrap_ci, compute_metrics, consistency_groups
+from evals import metrics, run_metrics
 from evals.prediction_files import (
     load_annotations,
     load_labels,
@@ -21,6 +20,7 @@ from evals.prediction_files import (
     read_predictions_csv,
     write_predictions_csv,
 )
+from evals.run_metrics import bootstrap_ci, compute_metrics, consistency_groups
 from utils.errors import DataError
 
 NLVR2 = Path(__file__).resolve().parents[1] / "data" / "nlvr2"  # real dev lines (tests/data/nlvr2/README.md)
@@ -213,7 +213,7 @@ def test_main_uses_the_jsonl_labels_and_categories_and_exports_csv(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     write_records(run / "predictions.jsonl", categories={"dev-1-0-0": "count", "dev-2-0-0": "count"})
-    m = metrics.main(run, csv_out=tmp_path / "out.csv", n_resamples=50)
+    m = run_metrics.file_metrics(run, csv_out=tmp_path / "out.csv", n_resamples=50)
     assert m["accuracy"] == pytest.approx(5 / 7) and m["consistency"] == pytest.approx(1 / 3)
     assert m["categories"]["count"]["n"] == 2 and m["categories"]["count"]["accuracy"] == 0.5
     assert read_predictions_csv(tmp_path / "out.csv") == PREDICTIONS

@@ -12,7 +12,7 @@ import pytest
 from evals.playground import DecodingKnobs, load_playground
 from scripts import model_playground
 from utils.errors import DataError
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 from vlm_datasets.example_lookup import data_arguments, find_example, split_index
 
 

@@ -23,7 +23,7 @@ from evals.prediction_files import read_generated
 from scripts import sample_gallery
 from utils.errors import DataError
 from utils.file_names import safe_stem
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 from vlm_datasets.captions import synthetic_rows
 from vlm_datasets.example_lookup import random_draw
 

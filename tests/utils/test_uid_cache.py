@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from utils import uid_cache
 from utils.errors import DataError
-from utils.uid_cache import UidCache, default_cache_path
+from utils.uid_bookmarks import UidCache, default_cache_path
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = """
 import sys, time
 from pathlib import Path
-from utils.uid_cache import UidCache
+from utils.uid_bookmarks import UidCache
 cache, name, go = UidCache(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 Path(f"{go}.{name}.ready").touch()
 while not go.exists():  # both start adding at the same moment
