@@ -33,13 +33,14 @@ Default out: <artifact root>/analysis/gallery/<a name built from the selection>.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from evals.caption_runs import SCORES, caption_item, caption_runs, describe, find_rows, worst_first
+from evals.caption_runs import SCORES, CaptionRun, caption_item, caption_runs, describe, find_rows, worst_first
 from evals.comparison import FLIPS
 from evals.gallery_page import GalleryItem, write_gallery
 from evals.prediction_files import load_annotations
@@ -47,10 +48,107 @@ from evals.uid_selection import Run, flips, gold_labels, load_runs, p_true_band,
 from utils.artifacts import artifact_dir
 from utils.errors import DataError
 from utils.uid_bookmarks import UidCache
+from vlm_datasets.config import DataArguments
 from vlm_datasets.example import Example
 from vlm_datasets.example_lookup import data_arguments, find_examples, random_draw, split_index
 
-Opt = typer.Option
+
+@dataclass
+class DataOptions:
+    """Where True/False examples come from: a data config, its overrides, gold labels and annotated phenomena."""
+
+    config: Path | None
+    split: str | None
+    dataset_source: str | None
+    dataset_path: str | None
+    labels: Path | None
+    synthetic_eval_size: int | None
+    synthetic_seed: int | None
+    annotations: Path | None
+
+
+@dataclass
+class Picks:
+    """uids given by name: --uid, --uids-file and the UID cache's bookmarks (all of them, or one tag's)."""
+
+    uid: list[str]
+    uids_file: Path | None
+    from_cache: bool
+    tag: str | None
+    uid_cache: Path | None
+
+    def from_bookmarks(self) -> bool:
+        return bool(self.from_cache or self.tag)
+
+
+@dataclass
+class Filters:
+    """What narrows the chosen uids (see NARROWING): wrong answers, a flip, the p_true band, categories, a seeded
+    random draw."""
+
+    wrong_only: bool
+    flip: str | None
+    category: list[str]
+    p_true_min: float | None
+    p_true_max: float | None
+    n_random: int | None
+    seed: int
+
+    def p_true_band(self) -> tuple[float, float] | None:
+        """[lo, hi] of the first run's p_true (an end not given: 0 or 1); None when neither end is given."""
+        lo, hi = self.p_true_min, self.p_true_max
+        if lo is None and hi is None:
+            return None
+        return 0.0 if lo is None else lo, 1.0 if hi is None else hi
+
+    def need_runs(self) -> bool:
+        return bool(self.wrong_only or self.flip or self.p_true_band())
+
+
+@dataclass
+class Source:
+    """The page's runs and data. True/False runs (or none): the configured split, gold labels and phenomena.
+    train_vlm runs (`texts`): generated text with a score per row, on the data their run_record.json names."""
+
+    runs: list[Run] | list[CaptionRun]
+    texts: bool
+    data_args: DataArguments
+    split: str
+    config: Path | None
+    gold: dict[str, bool]
+    phenomena: dict | None
+    index: dict[str, dict] | None = None  # the split's text columns, read only when a choice needs them
+
+    def split_index(self) -> dict[str, dict]:
+        if self.index is None:
+            self.index = split_index(self.data_args, self.split)
+        return self.index
+
+    def data_lines(self) -> list[str]:
+        """The page's lines naming the data."""
+        if self.texts:
+            run = self.runs[0]
+            return [f"data: {describe(run.data)} (named by run A's {run.record_path})", SCORES]
+        return [
+            f"data: {self.data_args.dataset_source}, split {self.split}" + (f" ({self.config})" if self.config else "")
+        ]
+
+
+@dataclass
+class Selection:
+    """The chosen uids in page order, and the words naming the choice (the page's title, the default folder)."""
+
+    uids: list[str]
+    name: list[str]
+
+    def keep(self, uids: list[str], *words: str) -> Selection:
+        """`uids` (in their order) as the choice, named by what narrowed it."""
+        return Selection(uids, [*self.name, *words])
+
+    def keep_chosen(self, kept: list[str], *words: str) -> Selection:
+        """Those of the chosen uids in `kept`, in the chosen order."""
+        kept_set = set(kept)
+        return self.keep([u for u in self.uids if u in kept_set], *words)
 
 
 def _slug(parts: list[str]) -> str:
@@ -63,6 +161,12 @@ def _read_uids(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def _categories(runs: list[Run], uid: str, meta: dict, sentence: str, phenomena: dict | None) -> list[str]:
+    """The runs' categories for uid, the example's own, and its sentence's annotated phenomena (first-seen order)."""
+    cats = run_categories(runs, uid, phenomena) + ([meta["category"]] if meta.get("category") else [])
+    return list(dict.fromkeys(cats + (phenomena or {}).get(sentence.strip(), [])))
+
+
 def gallery_item(ex: Example, runs: list[Run], phenomena: dict | None) -> GalleryItem:
     """The example with its categories and each run's record; refused when a run saw another sentence or label."""
     for r in runs:  # a run scored on other data than the config names would put wrong answers beside examples
@@ -70,9 +174,148 @@ def gallery_item(ex: Example, runs: list[Run], phenomena: dict | None) -> Galler
         said, label = rec.get("sentence"), rec.get("label")
         if (isinstance(said, str) and said.strip() != ex.sentence.strip()) or label not in (None, ex.label):
             raise DataError(f"{r.path}, uid {ex.uid}", "sentence or label differs from the dataset's: wrong --config?")
-    cats = run_categories(runs, ex.uid, phenomena) + ([ex.meta["category"]] if ex.meta.get("category") else [])
-    cats += (phenomena or {}).get(ex.sentence.strip(), [])
-    return GalleryItem(ex, list(dict.fromkeys(cats)), [(r.name, r.records.get(ex.uid)) for r in runs])
+    cats = _categories(runs, ex.uid, ex.meta, ex.sentence, phenomena)
+    return GalleryItem(ex, cats, [(r.name, r.records.get(ex.uid)) for r in runs])
+
+
+def _refuse_dataset_options(data: DataOptions, filters: Filters) -> None:
+    """train_vlm runs name their own evaluation data and score rows instead of giving p_true: no options for those."""
+    given = {**asdict(data), "flip": filters.flip, "p_true_min": filters.p_true_min, "p_true_max": filters.p_true_max}
+    if refused := [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]:
+        raise ValueError(
+            f"{', '.join(refused)}: not with train_vlm runs, whose run_record.json names their evaluation data and "
+            "whose rows have scores, not p_true (--wrong: lowest score first)"
+        )
+
+
+def load_source(run: list[Path], data: DataOptions, filters: Filters) -> Source:
+    """The runs (train_vlm runs or True/False runs, never both) and the data their examples come from."""
+    text_runs = caption_runs(run)  # None: True/False runs (or none)
+    texts = text_runs is not None
+    if texts:
+        _refuse_dataset_options(data, filters)
+    data_args = data_arguments(
+        data.config,
+        dataset_source=data.dataset_source,
+        dataset_path=data.dataset_path,
+        synthetic_eval_size=data.synthetic_eval_size,
+        synthetic_seed=data.synthetic_seed,
+    )
+    runs = text_runs if texts else load_runs(run)
+    return Source(
+        runs=runs,
+        texts=texts,
+        data_args=data_args,
+        split=data.split or data_args.dataset_eval_split,
+        config=data.config,
+        gold=gold_labels(runs, data.labels) if runs and not texts else {},
+        phenomena=load_annotations(data.annotations) if data.annotations else None,
+    )
+
+
+def first_choice(source: Source, picks: Picks) -> Selection:
+    """The uids to start from: those given by name (and bookmarks), else the first run's, else the whole split's."""
+    explicit = picks.uid + (_read_uids(picks.uids_file) if picks.uids_file else [])
+    name: list[str] = []
+    if picks.from_bookmarks():
+        explicit += [e.uid for e in UidCache(picks.uid_cache).entries(picks.tag)]
+        name.append(f"cache-{picks.tag}" if picks.tag else "cache")
+    if explicit or picks.from_bookmarks():
+        chosen, name = list(dict.fromkeys(explicit)), name or ["uids"]
+    elif source.runs:
+        chosen = list(source.runs[0].records)
+    else:
+        chosen, name = list(source.split_index()), [source.split]
+    return Selection(chosen, name + [r.name for r in source.runs[:2]])
+
+
+def _wrong(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    if not filters.wrong_only:
+        return chosen
+    if source.texts:  # scored per row: the lowest first
+        kept = set(chosen.uids)
+        return chosen.keep([u for u in worst_first(source.runs[0]) if u in kept], "worst")
+    return chosen.keep_chosen(wrong(source.runs[0], source.gold), "wrong")
+
+
+def _flip(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    if not filters.flip:
+        return chosen
+    if len(source.runs) != 2:
+        raise ValueError(f"--flip compares two runs (A then B); got {len(source.runs)} --run")
+    return chosen.keep_chosen(flips(source.runs[0], source.runs[1], source.gold, filters.flip), filters.flip)
+
+
+def _p_true(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    if (band := filters.p_true_band()) is None:
+        return chosen
+    lo, hi = band
+    return chosen.keep(p_true_band(source.runs[0], chosen.uids, lo, hi), f"p{lo:g}-{hi:g}")
+
+
+def _in_category(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    """train_vlm runs: the row's task (from the run); True/False: the runs', the examples' own and phenomena."""
+    if not filters.category:
+        return chosen
+    rows = {} if source.texts else source.split_index()  # runs need not carry sentences: the split's do
+
+    def categories(u: str) -> list[str]:
+        row = rows.get(u) or {}
+        return _categories(source.runs, u, row.get("meta", {}), row.get("sentence") or "", source.phenomena)
+
+    wanted = set(filters.category)
+    return chosen.keep([u for u in chosen.uids if set(categories(u)) & wanted], *filters.category)
+
+
+def _random(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    if filters.n_random is None:
+        return chosen
+    n, seed = filters.n_random, filters.seed
+    return chosen.keep(random_draw(chosen.uids, n, seed), f"random{n}-seed{seed}")
+
+
+NARROWING = (_wrong, _flip, _p_true, _in_category, _random)  # in this order; each leaves the choice alone when off
+
+
+def narrow(source: Source, chosen: Selection, filters: Filters) -> Selection:
+    """The chosen uids through each filter of NARROWING."""
+    if filters.need_runs() and not source.runs:
+        raise ValueError("--wrong, --flip and --p-true-min/max choose from runs: give at least one --run")
+    for step in NARROWING:
+        chosen = step(source, chosen, filters)
+    return chosen
+
+
+def load_items(source: Source, uids: list[str]) -> dict[str, GalleryItem]:
+    """The page's items by uid: train_vlm rows rebuilt from the data their run names, or the split's examples."""
+    if source.texts:
+        rows = find_rows(source.runs[0], uids)
+        return {u: caption_item(ex, source.runs) for u, ex in rows.items()}
+    examples = find_examples(source.data_args, source.split, uids)
+    return {u: gallery_item(ex, source.runs, source.phenomena) for u, ex in examples.items()}
+
+
+def page_notes(source: Source, chosen: Selection, n_items: int, limit: int) -> list[str]:
+    """The lines above the items: data, runs, the selection (and what --limit cut), when it was written."""
+    total = len(chosen.uids)
+    notes = [
+        *source.data_lines(),
+        *(f"run {chr(65 + i)}: {r.name} ({r.path})" for i, r in enumerate(source.runs)),
+        f"selection: {' / '.join(chosen.name)}; {n_items} examples"
+        + (f" (the first {limit} of {total}: raise --limit)" if total > limit else ""),
+        f"written {datetime.now(UTC).isoformat(timespec='seconds')}",
+    ]
+    return notes if n_items else [*notes, "No example matched the selection."]
+
+
+def write_page(items: dict[str, GalleryItem], out_dir: Path, name: list[str], notes: list[str], embed: bool) -> Path:
+    """index.html (and images/ unless embed) and uids.txt, the uids shown in page order; returns index.html."""
+    page = write_gallery(list(items.values()), out_dir, f"Gallery: {' / '.join(name)}", notes, embed=embed)
+    (out_dir / "uids.txt").write_text("".join(f"{u}\n" for u in items), encoding="utf-8")
+    return page
+
+
+Opt = typer.Option
 
 
 def main(
@@ -109,95 +352,17 @@ def main(
 ) -> Path:
     """Choose the uids, load their examples from the configured dataset and write the gallery; returns index.html.
     Runs of training/train_vlm.py (generated text) bring their own data: the rows their run_record.json names."""
-    text_runs = caption_runs(run or [])  # None: True/False runs (or none)
-    texts = text_runs is not None
-    given = dict(config=config, split=split, dataset_source=dataset_source, dataset_path=dataset_path, labels=labels,
-                 synthetic_eval_size=synthetic_eval_size, synthetic_seed=synthetic_seed, annotations=annotations,
-                 flip=flip, p_true_min=p_true_min, p_true_max=p_true_max)  # fmt: skip
-    if texts and (refused := [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]):
-        raise ValueError(
-            f"{', '.join(refused)}: not with train_vlm runs, whose run_record.json names their evaluation data and "
-            "whose rows have scores, not p_true (--wrong: lowest score first)"
-        )
-    data_args = data_arguments(
-        config,
-        dataset_source=dataset_source,
-        dataset_path=dataset_path,
-        synthetic_eval_size=synthetic_eval_size,
-        synthetic_seed=synthetic_seed,
+    data = DataOptions(
+        config, split, dataset_source, dataset_path, labels, synthetic_eval_size, synthetic_seed, annotations
     )
-    split = split or data_args.dataset_eval_split
-    runs = text_runs if texts else load_runs(run or [])
-    gold = gold_labels(runs, labels) if runs and not texts else {}
-    phenomena = load_annotations(annotations) if annotations else None
-    index: dict[str, dict] | None = None  # the split's text columns, read only when a choice needs them
-    name: list[str] = []
+    picks = Picks(list(uid or []), uids_file, from_cache, tag, uid_cache)
+    filters = Filters(wrong_only, flip, list(category or []), p_true_min, p_true_max, n_random, seed)
 
-    explicit = list(uid or []) + (_read_uids(uids_file) if uids_file else [])
-    if from_cache or tag:
-        explicit += [e.uid for e in UidCache(uid_cache).entries(tag)]
-        name.append(f"cache-{tag}" if tag else "cache")
-    if explicit or from_cache or tag:
-        chosen, name = list(dict.fromkeys(explicit)), name or ["uids"]
-    elif runs:
-        chosen = list(runs[0].records)
-    else:
-        index = split_index(data_args, split)
-        chosen, name = list(index), [split]
-    name += [r.name for r in runs[:2]]
-
-    if (wrong_only or flip or p_true_min is not None or p_true_max is not None) and not runs:
-        raise ValueError("--wrong, --flip and --p-true-min/max choose from runs: give at least one --run")
-    if wrong_only and texts:  # scored per row: the lowest first
-        keep = set(chosen)
-        chosen, name = [u for u in worst_first(runs[0]) if u in keep], [*name, "worst"]
-    elif wrong_only:
-        keep = set(wrong(runs[0], gold))
-        chosen, name = [u for u in chosen if u in keep], [*name, "wrong"]
-    if flip:
-        if len(runs) != 2:
-            raise ValueError(f"--flip compares two runs (A then B); got {len(runs)} --run")
-        keep = set(flips(runs[0], runs[1], gold, flip))
-        chosen, name = [u for u in chosen if u in keep], [*name, flip]
-    if p_true_min is not None or p_true_max is not None:
-        lo, hi = p_true_min if p_true_min is not None else 0.0, p_true_max if p_true_max is not None else 1.0
-        chosen, name = p_true_band(runs[0], chosen, lo, hi), [*name, f"p{lo:g}-{hi:g}"]
-    if category:  # train_vlm runs: the row's task
-        index = index if index is not None or texts else split_index(data_args, split)  # the examples' own categories
-
-        def categories(u: str) -> list[str]:
-            row = (index or {}).get(u) or {}
-            meta, sentence = row.get("meta", {}), row.get("sentence") or ""
-            cats = run_categories(runs, u, phenomena) + ([meta["category"]] if meta.get("category") else [])
-            return cats + (phenomena or {}).get(sentence.strip(), [])  # as gallery_item: runs need not carry sentences
-
-        chosen, name = [u for u in chosen if set(categories(u)) & set(category)], [*name, *category]
-    if n_random is not None:
-        chosen, name = random_draw(chosen, n_random, seed), [*name, f"random{n_random}-seed{seed}"]
-    total = len(chosen)
-    chosen = chosen[:limit]
-
-    if texts:
-        examples = find_rows(runs[0], chosen)
-        items = [caption_item(ex, runs) for ex in examples.values()]
-        data = [f"data: {describe(runs[0].data)} (named by run A's {runs[0].record_path})", SCORES]
-    else:
-        examples = find_examples(data_args, split, chosen)
-        items = [gallery_item(ex, runs, phenomena) for ex in examples.values()]
-        data = [f"data: {data_args.dataset_source}, split {split}" + (f" ({config})" if config else "")]
-
-    out_dir = Path(out) if out else artifact_dir("analysis") / "gallery" / _slug(name)
-    about = [
-        *data,
-        *(f"run {chr(65 + i)}: {r.name} ({r.path})" for i, r in enumerate(runs)),
-        f"selection: {' / '.join(name)}; {len(items)} examples"
-        + (f" (the first {limit} of {total}: raise --limit)" if total > limit else ""),
-        f"written {datetime.now(UTC).isoformat(timespec='seconds')}",
-    ]
-    if not items:
-        about.append("No example matched the selection.")
-    page = write_gallery(items, out_dir, f"Gallery: {' / '.join(name)}", about, embed=embed)
-    (out_dir / "uids.txt").write_text("".join(f"{u}\n" for u in examples), encoding="utf-8")
+    source = load_source(list(run or []), data, filters)
+    chosen = narrow(source, first_choice(source, picks), filters)
+    items = load_items(source, chosen.uids[:limit])
+    out_dir = Path(out) if out else artifact_dir("analysis") / "gallery" / _slug(chosen.name)
+    page = write_page(items, out_dir, chosen.name, page_notes(source, chosen, len(items), limit), embed)
     print(page)
     return page
 
