@@ -1,4 +1,5 @@
-"""Evaluation of a base VLM + a fine-tuned PEFT adapter (a training run directory) on an NLVR2-style split.
+"""Evaluation of a base VLM + a fine-tuned PEFT adapter (a training run directory) on an NLVR2-style split
+(evals/modes.py).
 
 # Qwen2-VL-2B + the Q-LoRA adapter trained by training/configs/qwen2vl_2b_qlora.yaml, NLVR2 dev
 python evals/finetuned.py --config evals/configs/qwen2vl_2b_finetuned.yaml
@@ -15,23 +16,8 @@ from __future__ import annotations
 import json
 import logging
 
-from trl import ModelConfig
-
-from evals.evaluate import EvalArguments, make_parser, run_evaluation
-from training.models import LabModelArguments
-from vlm_datasets.config import DataArguments
-
-
-def main(
-    eval_args: EvalArguments,
-    data_args: DataArguments,
-    model_args: ModelConfig,
-    lab_args: LabModelArguments | None = None,
-) -> dict:
-    if not eval_args.adapter_path:
-        raise ValueError("fine-tuned evaluation needs --adapter_path (the training run's output_dir)")
-    return run_evaluation(eval_args, data_args, model_args, lab_args)
-
+from evals.evaluate import make_parser
+from evals.modes import finetuned as main
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,5 @@
-"""Zero-shot evaluation of a base VLM on an NLVR2-style split; predictions.jsonl keyed by uid + metrics.json.
+"""Zero-shot evaluation of a base VLM on an NLVR2-style split (evals/modes.py); predictions.jsonl keyed by uid +
+metrics.json.
 
 # Qwen2-VL-2B-Instruct on the NLVR2 dev split (hub, streaming)
 python evals/zero_shot.py --config evals/configs/qwen2vl_2b_zero_shot.yaml
@@ -15,23 +16,8 @@ from __future__ import annotations
 import json
 import logging
 
-from trl import ModelConfig
-
-from evals.evaluate import EvalArguments, make_parser, run_evaluation
-from training.models import LabModelArguments
-from vlm_datasets.config import DataArguments
-
-
-def main(
-    eval_args: EvalArguments,
-    data_args: DataArguments,
-    model_args: ModelConfig,
-    lab_args: LabModelArguments | None = None,
-) -> dict:
-    if eval_args.adapter_path:
-        raise ValueError("zero-shot evaluation takes no adapter_path; use evals/finetuned.py")
-    return run_evaluation(eval_args, data_args, model_args, lab_args)
-
+from evals.evaluate import make_parser
+from evals.modes import zero_shot as main
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from trl import TrlParser
 
-from evals import finetuned, zero_shot
 from evals.evaluate import make_parser
+from evals.modes import finetuned, zero_shot
 from evals.prediction_files import read_prediction_records
-from scripts import build_embedded_model
 from training import sft
 from training.embedded import EMBEDDED_MODEL_DIR
+from training.embedded_build import BuildArguments, build_embedded_model
 from training.models import cpu_has_native_bf16
 from training.run_record import write_json_atomic
 
@@ -126,17 +126,17 @@ def main(args: DemoArguments) -> Path:
     common = ["--model_name_or_path", args.model_dir]
     if args.max_eval_examples is not None:
         common += ["--max_eval_examples", str(args.max_eval_examples)]
-    build = build_embedded_model.BuildArguments(output_dir=args.model_dir)
+    build = BuildArguments(output_dir=args.model_dir)
     if args.build_vision_steps is not None:
         build.vision_steps = args.build_vision_steps
     if args.build_steps is not None:
         build.steps = args.build_steps
 
     print(f"[1/4] embedded base model: {args.model_dir}")
-    build_embedded_model.main(build)
+    build_embedded_model(build)
 
     print("[2/4] zero-shot evaluation")
-    zs = zero_shot.main(*_eval_args(args.zero_shot_config, *common, "--output_dir", str(out / "zero_shot")))
+    zs = zero_shot(*_eval_args(args.zero_shot_config, *common, "--output_dir", str(out / "zero_shot")))
 
     print("[3/4] LoRA fine-tuning (training/sft.py)")
     sft_overrides = ["--config", str(REPO / args.sft_config), *common, "--output_dir", str(out / "lora")]
@@ -152,7 +152,7 @@ def main(args: DemoArguments) -> Path:
     train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
     print("[4/4] fine-tuned evaluation")
-    ft = finetuned.main(
+    ft = finetuned(
         *_eval_args(
             args.finetuned_config,
             *common,

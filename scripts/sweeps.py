@@ -330,7 +330,7 @@ def execute(args: SweepArguments, run: Run) -> dict:
     evaluate one run; returns its metrics. In-process, as scripts/demo.py calls the entry points: each config is
     parsed by the entry point's own parser and its main() called, sparing a fresh interpreter and stack import per run
     (~7 s on 2 cores, against ~60 s runs); the trainer and model are dropped before the next run."""
-    from evals import finetuned
+    from evals.modes import finetuned
     from training import sft
 
     train_text, eval_text = config_texts(args, run)
@@ -362,7 +362,7 @@ def execute(args: SweepArguments, run: Run) -> dict:
         if not args.keep_checkpoints:  # the adapter is saved beside them; they only served a resume
             for checkpoint in train_dir.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)
-    metrics = finetuned.main(*parse_config(run.dir / "eval.yaml", "eval"))
+    metrics = finetuned(*parse_config(run.dir / "eval.yaml", "eval"))
     _free_memory()
     return metrics
 
