@@ -6,14 +6,14 @@ python scripts/plot_run.py artifacts/checkpoints/embedded-lora
 # A run name (-> <artifact root>/logs/<name>) or an event folder; every other scalar too; elsewhere
 python scripts/plot_run.py embedded-lora --all --out /tmp/plots
 
-Writes <out>/<group>.png for each group that has data (loss: train and eval; learning_rate; grad_norm;
-mean_token_accuracy: train and eval), <out>/summary.png (all groups), <out>/summary.md (the final, min and max of
-every scalar); prints the table and the folder. A resumed run's event files are merged: a step logged twice keeps its
-latest value.
+Writes <out>/<group>.png for each group that has data (loss: train and eval, on a log axis; accuracy: the held-out
+NLVR2 accuracy and p_label; learning_rate; grad_norm; mean_token_accuracy: train and eval), <out>/summary.png (all
+groups), <out>/summary.md (the final, min and max of every scalar); every title carries the run's name. Prints the
+table and the folder. A resumed run's event files are merged: a step logged twice keeps its latest value.
 
-mean_token_accuracy is TRL's: the share of answer tokens the model predicts right under teacher forcing. It is not
-the task's accuracy: training/sft.py logs no eval accuracy (the Trainer does not generate or score answers); that
-comes from evals/evaluate.py (metrics.json, report.md in artifacts/evals/<run>/).
+eval/accuracy is the task's: training/sft.py scores the eval split's first eval_accuracy_examples by answer likelihood
+at every evaluation (the figure evals/finetuned.py gives on those examples). mean_token_accuracy is TRL's: the share
+of answer tokens predicted right under teacher forcing, not the task's accuracy.
 
 Where the plots land (--out overrides):
 - a run folder (output_dir, e.g. artifacts/checkpoints/<run>): <run>/plots;
@@ -42,10 +42,12 @@ EVENTS = "events.out.tfevents.*"
 # The Trainer's TensorBoard tags (transformers' rewrite_logs: "train/..." and "eval/...").
 GROUPS = {
     "loss": ("train/loss", "eval/loss"),
+    "accuracy": ("eval/accuracy", "eval/p_label"),  # held out, by answer likelihood (training/sft.py)
     "learning_rate": ("train/learning_rate",),
     "grad_norm": ("train/grad_norm",),
-    "mean_token_accuracy": ("train/mean_token_accuracy", "eval/mean_token_accuracy"),  # TRL's; no eval accuracy
+    "mean_token_accuracy": ("train/mean_token_accuracy", "eval/mean_token_accuracy"),  # TRL's, teacher-forced
 }
+LOG_AXIS = {"loss"}  # the first losses (~3.5) would flatten the range that matters
 
 Series = dict[str, list[tuple[int, float]]]  # tag -> [(step, value)], by step
 
@@ -99,10 +101,12 @@ def plot_groups(scalars: Series, every_scalar: bool = False) -> dict[str, tuple[
     return groups
 
 
-def _draw(ax, scalars: Series, title: str, tags: tuple[str, ...]) -> None:
+def _draw(ax, scalars: Series, title: str, tags: tuple[str, ...], log_axis: bool = False) -> None:
     for tag in tags:
         steps, values = zip(*scalars[tag], strict=True)
         ax.plot(steps, values, marker="o" if len(steps) <= 20 else None, markersize=3, label=tag)
+    if log_axis and all(v > 0 for tag in tags for _, v in scalars[tag]):
+        ax.set_yscale("log")
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -116,7 +120,7 @@ def write_plots(scalars: Series, groups: dict[str, tuple[str, ...]], out: Path, 
     written = []
     for name, tags in groups.items():
         fig, ax = plt.subplots(figsize=(6, 4))
-        _draw(ax, scalars, f"{title}: {name}", tags)
+        _draw(ax, scalars, f"{title}: {name}", tags, name in LOG_AXIS)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=100)
         plt.close(fig)
@@ -125,7 +129,7 @@ def write_plots(scalars: Series, groups: dict[str, tuple[str, ...]], out: Path, 
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
     for ax, (name, tags) in zip(axes.flat, groups.items(), strict=False):
-        _draw(ax, scalars, name, tags)
+        _draw(ax, scalars, f"{title}: {name}", tags, name in LOG_AXIS)
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
     fig.suptitle(title)

@@ -24,6 +24,7 @@ def write_events(folder, steps, loss_offset=0.0):
         writer.add_scalar("train/epoch", step / 10, step)
         if step % 2 == 0:
             writer.add_scalar("eval/loss", 2.5 / step, step)
+            writer.add_scalar("eval/accuracy", 0.5 + step / 100, step)
     writer.close()
 
 
@@ -39,11 +40,11 @@ def test_plots_and_final_values_of_a_resumed_run(tmp_path, isolated_artifacts):
 
     out = plot_run.main(run)  # the run folder: its run record names the TensorBoard folder
     assert out == run / "plots"
-    for name in ("loss", "learning_rate", "grad_norm", "mean_token_accuracy", "summary"):
+    for name in ("loss", "accuracy", "learning_rate", "grad_norm", "mean_token_accuracy", "summary"):
         png = out / f"{name}.png"
         assert png.stat().st_size > 1000
         assert Image.open(png).size[0] > 100
-    assert not (out / "train_epoch.png").exists() and not (out / "accuracy.png").exists()
+    assert not (out / "train_epoch.png").exists()
     table = (out / "summary.md").read_text()
     assert "| train/loss | 0.25 | 8 |" in table  # the resumed values replace the first attempt's
     scalars = plot_run.read_scalars(sorted(logs.glob("events.out.tfevents.*")))
@@ -51,10 +52,26 @@ def test_plots_and_final_values_of_a_resumed_run(tmp_path, isolated_artifacts):
     loss = dict(scalars["train/loss"])
     assert loss[4] == pytest.approx(100.5) and loss[5] == pytest.approx(0.4)  # steps 5-6: the resumed values
     assert [s for s, _ in scalars["eval/loss"]] == [2, 4, 6, 8]
-    # what sft.py logs is token accuracy, and the plot says so: no "eval accuracy" is named or drawn
+    # the held-out task accuracy and TRL's teacher-forced token accuracy are drawn apart
     groups = plot_run.plot_groups(scalars)
     assert groups["mean_token_accuracy"] == ("train/mean_token_accuracy",)
-    assert "accuracy" not in groups and all("eval/accuracy" not in tags for tags in plot_run.GROUPS.values())
+    assert groups["accuracy"] == ("eval/accuracy",)
+
+
+def test_loss_on_a_log_axis_and_the_run_in_every_title(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    scalars = {"train/loss": [(1, 3.5), (2, 0.4), (3, 0.05)], "eval/accuracy": [(2, 0.0), (3, 0.7)]}
+    fig, (loss, acc) = plt.subplots(1, 2)
+    plot_run._draw(loss, scalars, "my-run: loss", ("train/loss",), log_axis=True)
+    plot_run._draw(acc, scalars, "my-run: accuracy", ("eval/accuracy",), log_axis=True)  # a zero: stays linear
+    assert (loss.get_yscale(), acc.get_yscale()) == ("log", "linear")
+    plt.close(fig)
+    titles = []
+    monkeypatch.setattr(plt.Figure, "savefig", lambda f, *a, **k: titles.extend(ax.get_title() for ax in f.axes))
+    write_events(tmp_path / "my-run", range(1, 5))
+    plot_run.main(tmp_path / "my-run", out=tmp_path / "plots")
+    assert len(titles) >= 8 and all(t.startswith("my-run: ") for t in titles if t)
 
 
 def test_cli_by_run_name_with_every_scalar(tmp_path, isolated_artifacts):
