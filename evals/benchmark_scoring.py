@@ -30,7 +30,8 @@ from trl import ModelConfig
 from evals.evaluate import EvalArguments, load_for_eval, make_parser
 from evals.scoring import batches_by_length, prompts, score_generate, score_likelihood
 from training.models import LabModelArguments
-from training.run_record import library_versions, write_json_atomic
+from utils.atomic_write import write_json_atomic
+from utils.run_record import library_versions
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template

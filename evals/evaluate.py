@@ -25,8 +25,9 @@ from evals.run_metrics import compute_metrics
 from evals.run_report import write_report
 from evals.scoring import Scored, batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
-from training.run_record import write_json_atomic, write_run_record
+from utils.atomic_write import write_json_atomic
 from utils.errors import DataError
+from utils.run_record import config_dict, redacted, write_run_record
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import Example
 from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
@@ -428,14 +429,9 @@ def run_evaluation(
         "wall_seconds": time.time() - start,
     }
     write_json_atomic(out_dir / "metrics.json", metrics)
-    write_run_record(
-        out_dir,
-        (eval_args, data_args, model_args, lab_args),
-        template,
-        manifest,
-        eval_args.seed,
-        kind="eval",
-    )
+    config = config_dict(eval_args, data_args, model_args, lab_args)
+    manifest = redacted(manifest)  # a hub URL or a key in the settings never reaches the file
+    write_run_record(out_dir, "eval", eval_args.seed, config, prompt_template=template, dataset=manifest)
     if eval_args.report:
         write_report(out_dir, seed=eval_args.seed)
     return metrics

@@ -40,7 +40,7 @@ from training.benchmarking import RunResult, data_loading, timed_runs
 from training.callbacks import LabTrainingArguments
 from training.collators import ExampleCollator
 from training.models import LabModelArguments, load_model, lora_config, run_processor
-from training.run_record import library_versions
+from utils.run_record import library_versions
 from vlm_datasets.config import DataArguments
 from vlm_datasets.prompts import get_template
 

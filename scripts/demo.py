@@ -36,7 +36,7 @@ from training import sft
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.embedded_build import BuildArguments, build_embedded_model
 from training.models import cpu_has_native_bf16
-from training.run_record import write_json_atomic
+from utils.atomic_write import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -41,7 +41,7 @@ from trl import TrlParser
 
 from evals.sweep_report import metric_value, write_results
 from scripts.sweeps import SweepArguments, check_changed, execute, expand, plan, run_state, sweep_record, validate
-from training.run_record import write_json_atomic
+from utils.atomic_write import write_json_atomic
 
 
 def _runs_for_report(runs) -> list[dict]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from training.run_record import write_json_atomic
+from utils.atomic_write import write_json_atomic
 from utils.checkpoints import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,8 @@ from training.pretrain_embedded import (
     train_language_model,
     train_vision_tower,
 )
-from training.run_record import library_versions, write_json_atomic
+from utils.atomic_write import write_json_atomic
+from utils.run_record import library_versions
 from vlm_datasets.synthetic import CELL, SyntheticConfig
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,14 @@ from trl import ModelConfig, get_peft_config
 
 logger = logging.getLogger(__name__)
 
-# LoRA on the language model's linear layers only (the vision tower stays frozen): Qwen2-VL module names. With the
-# model at hand, `lora_targets(model)` reads the names off its language model instead (any VLM family).
-DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# LoRA's default targets per model family: the language model's linear layers only (the vision tower stays frozen).
+# qwen2_vl: Qwen2-VL's names (the NLVR2 models). composed: the LLaVA-family VLMs of training/compose.py, with
+# Llama/Qwen/OLMoE names and GPT-2's Conv1D names; MoE experts are fused 3-D parameters in transformers 5 (no
+# nn.Linear), so LoRA reaches their attention, not the experts. `lora_targets(model)` reads the names off a model.
+LORA_TARGETS = {
+    "qwen2_vl": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    "composed": r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)",
+}
 # Vision modules kept out of 4-bit quantization, named before the model exists: Qwen2-VL's `visual` (ViT + merger),
 # the LLaVA family's `vision_tower` + `multi_modal_projector` (training/compose.py). A name a model lacks is a no-op.
 # Full names: transformers 5 matches a skip name from the start of a module's full name or as its suffix.
@@ -235,11 +240,16 @@ def lora_targets(model) -> str:
     return rf"{re.escape(prefix)}\..*\.({'|'.join(sorted(leaves))})"
 
 
-def lora_config(model_args: ModelConfig, model=None) -> LoraConfig | None:
-    """TRL's LoRA config from ModelConfig, defaulting the targets to the language model's linears (read off `model`
-    when given, else Qwen2-VL's names)."""
+def lora_config(
+    model_args: ModelConfig, model=None, family: str = "qwen2_vl", modules_to_save: list[str] | tuple[str, ...] = ()
+) -> LoraConfig | None:
+    """TRL's LoRA config from ModelConfig (None unless use_peft). Unset targets default to the language model's
+    linears: read off `model` when given, else LORA_TARGETS[family]. `modules_to_save` (trained whole, saved with the
+    adapter) join model_args.lora_modules_to_save."""
     if not model_args.use_peft:
         return None
     if model_args.lora_target_modules is None:
-        model_args.lora_target_modules = DEFAULT_LORA_TARGETS if model is None else lora_targets(model)
+        model_args.lora_target_modules = LORA_TARGETS[family] if model is None else lora_targets(model)
+    if modules_to_save:
+        model_args.lora_modules_to_save = sorted(set(model_args.lora_modules_to_save or []) | set(modules_to_save))
     return get_peft_config(model_args)

@@ -45,7 +45,8 @@ from evals.language import (
 from training.callbacks import resume_checkpoint
 from training.gpt2 import LMModelArguments, build_model, load_tokenizer
 from training.packing import tokenize_and_pack
-from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
+from utils.atomic_write import write_json_atomic
+from utils.run_record import config_dict, library_versions, token_to_environment
 from vlm_datasets.text import TextDataArguments, load_texts, text_manifest
 
 logger = logging.getLogger(__name__)

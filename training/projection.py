@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from training.flops import ParamCounts, count_params, peak_tflops, step_flops
-from training.models import DEFAULT_LORA_TARGETS
+from training.models import LORA_TARGETS
 from training.real_shape import TEXT_2B, VISION_2B, real_shape_config
 
 NLVR2_TRAIN_EXAMPLES = 86_373
@@ -62,7 +62,7 @@ def real_size(lora_r: int) -> RealSize:
         from transformers import Qwen2VLForConditionalGeneration
 
         model = Qwen2VLForConditionalGeneration(real_shape_config())
-    targets = re.compile(DEFAULT_LORA_TARGETS)
+    targets = re.compile(LORA_TARGETS["qwen2_vl"])
     linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and targets.fullmatch(name)]
     lora = sum(lora_r * (m.in_features + m.out_features) for m in linears)
     counts = count_params(model)

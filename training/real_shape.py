@@ -30,8 +30,9 @@ from transformers import (
 )
 
 from training.embedded import qwen2vl_chat_template
-from training.run_record import library_versions, write_json_atomic
 from utils.artifacts import artifact_dir
+from utils.atomic_write import write_json_atomic
+from utils.run_record import library_versions
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import yaml
 
 from training import projection
 from training.rehearsal import Phase, adapter_stats, decisions, global_step, step_times
-from training.run_record import library_versions
+from utils.run_record import library_versions
 
 
 def machine() -> dict:

@@ -34,10 +34,10 @@ from trl import ModelConfig, SFTConfig, TrlParser
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.models import LabModelArguments, load_model, lora_config, run_processor
 from training.pipeline import training_data
-from training.run_record import token_to_environment, write_run_record
 from training.shared_prefix import use_shared_prefix
 from training.trainer import LabSFTTrainer
 from training.vision_cache import use_vision_cache
+from utils.run_record import config_dict, redacted, token_to_environment, write_run_record
 from vlm_datasets.config import DataArguments
 from vlm_datasets.loading import dataset_manifest
 from vlm_datasets.prompts import get_template
@@ -85,10 +85,11 @@ def main(
 
     def record():
         if trainer.accelerator.is_main_process:  # the data manifest lists the bad examples skipped so far
-            args = (data_args, model_args, lab_args, train_lab_args, training_args)
-            manifest = dataset_manifest(data_args, train_split)
-            extra = {"vision_feature_cache": vision_cache.record(), "shared_prefix": shared_prefix.record()}
-            write_run_record(training_args.output_dir, args, template, manifest, training_args.seed, "sft", extra)
+            config = config_dict(data_args, model_args, lab_args, train_lab_args, training_args)
+            manifest = redacted(dataset_manifest(data_args, train_split))
+            speed = {"vision_feature_cache": vision_cache.record(), "shared_prefix": shared_prefix.record()}
+            out, seed = training_args.output_dir, training_args.seed
+            write_run_record(out, "sft", seed, config, prompt_template=template, dataset=manifest, **speed)
 
     record()
     main_process = trainer.accelerator.is_main_process

@@ -20,18 +20,14 @@ from dataclasses import dataclass, field
 import torch
 from peft import LoraConfig
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-from trl import ModelConfig, SFTTrainer, get_peft_config
+from trl import ModelConfig, SFTTrainer
 
 from training.compose import component_of
+from training.models import lora_config
 
 logger = logging.getLogger(__name__)
 
 LM_MODES = ("frozen", "lora", "full")
-# LoRA on the language model's linears: Llama/Qwen/OLMoE names and GPT-2's Conv1D names. MoE experts are fused 3-D
-# parameters in transformers 5 (no nn.Linear), so LoRA reaches their attention, not the experts.
-DEFAULT_LORA_TARGETS = (
-    r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)"
-)
 
 
 @dataclass
@@ -84,18 +80,12 @@ def set_trainable(model, stage: StageArguments) -> dict[str, int]:
     return counts
 
 
-def lora_config(model_args: ModelConfig, stage: StageArguments) -> LoraConfig | None:
-    """TRL's LoRA config when the LM trains under LoRA; other trainable components as modules_to_save."""
+def stage_lora_config(model_args: ModelConfig, stage: StageArguments) -> LoraConfig | None:
+    """The LoRA config (training.models.lora_config, composed-VLM targets) when the stage trains the LM under LoRA,
+    else None; the stage's other trainable components (vision, projector) as modules_to_save."""
     model_args.use_peft = stage.train_language_model == "lora"
-    if not model_args.use_peft:
-        return None
-    if model_args.lora_target_modules is None:
-        model_args.lora_target_modules = DEFAULT_LORA_TARGETS
-    save = [
-        m for m, on in (("vision_tower", stage.train_vision), ("multi_modal_projector", stage.train_projector)) if on
-    ]
-    model_args.lora_modules_to_save = sorted(set(model_args.lora_modules_to_save or []) | set(save)) or None
-    return get_peft_config(model_args)
+    trained = {"vision_tower": stage.train_vision, "multi_modal_projector": stage.train_projector}
+    return lora_config(model_args, family="composed", modules_to_save=[m for m, on in trained.items() if on])
 
 
 def group_of(name: str) -> str:

@@ -37,33 +37,31 @@ import json
 import logging
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
+from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from evals.prediction_files import write_generated
 from evals.vlm_eval import VLMEvalArguments, constant_baseline, evaluate, held_out_texts
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.collators import CaptionCollator
-from training.run_record import config_dict, library_versions, token_to_environment, write_json_atomic
-from training.stages import StageArguments, VLMTrainer, lora_config, set_trainable
+from training.models import LabModelArguments, load_model, load_processor
+from training.stages import StageArguments, VLMTrainer, set_trainable, stage_lora_config
+from utils.atomic_write import write_json_atomic
+from utils.run_record import config_dict, token_to_environment, write_run_record
 from vlm_datasets.captions import CaptionDataArguments, caption_skip_report, load_caption_split
 
 logger = logging.getLogger(__name__)
 
 
-def load(model_args: ModelConfig):
-    """The composed model and its processor, from a folder or hub id (AutoModelForImageTextToText / AutoProcessor)."""
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    path = model_args.model_name_or_path
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=dtype, revision=model_args.model_revision, use_safetensors=True
-    )
-    return model, AutoProcessor.from_pretrained(path, revision=model_args.model_revision)
+@dataclass
+class CaptionData:
+    train: datasets.Dataset | datasets.IterableDataset
+    eval_rows: list[dict]
+    held_out_texts: list[str]  # the LM's perplexity text
 
 
 def loss_curve(log_history: list[dict]) -> dict:
@@ -86,94 +84,119 @@ def main(
     lab_args = lab_args or LabTrainingArguments()
     set_seed(training_args.seed)
     token_to_environment(training_args)
-    out = Path(training_args.output_dir)
 
     # Model: components frozen or trained as the stage says; LoRA (when asked) is applied by the trainer
-    model, processor = load(model_args)
+    model = load_model(model_args, LabModelArguments(freeze_vision_tower=False))
+    processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
     trainable = set_trainable(model, stage)
-    peft_config = lora_config(model_args, stage)
+    peft_config = stage_lora_config(model_args, stage)
 
     # Data: caption / instruction rows; the collator renders the chat and masks all but the answer
-    train_dataset = load_caption_split(data_args, train=True)
-    eval_rows = list(load_caption_split(data_args, train=False))
-    texts = held_out_texts(eval_args, eval_rows, training_args.seed)
-    training_args.remove_unused_columns = False  # the collator needs the raw columns
-    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-
-    results: dict = {}
-    if eval_args.vlm_eval_before:
-        results["before"], _ = evaluate(model, processor, eval_rows, eval_args, texts)
-        logger.info("before: %s", json.dumps(results["before"]))
-    if isinstance(train_dataset, datasets.Dataset):  # a blind floor: the most common training answer per task
-        answers = list(zip(train_dataset["task"], train_dataset["answer"], strict=True))
-        results["constant_answer_baseline"] = constant_baseline(answers, eval_rows)
+    data = load_data(data_args, eval_args, training_args)
+    results = evaluate_before(model, processor, data, eval_args) if training_args.process_index == 0 else {}
 
     trainer = VLMTrainer(
         model=model,
         args=training_args,
         data_collator=CaptionCollator(processor, max_length=training_args.max_length),
-        train_dataset=train_dataset,
+        train_dataset=data.train,
         processing_class=processor,
         peft_config=peft_config,
         stage=stage,
     )
-    mirror = add_lab_callbacks(trainer, lab_args, training_args)  # TensorBoard folder, checkpoint mirror
+    train(trainer, lab_args)
+
+    if trainer.accelerator.is_main_process:  # evaluation, save and records; the other ranks wait for it
+        results["trainable_parameters"] = {**trainable, "lora": lora_parameters(trainer.model)}  # before a merge
+        args = (data_args, model_args, stage, eval_args, lab_args, training_args)
+        finish(trainer, processor, data, args, results, start)
+    if trainer.args.world_size > 1:
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()  # the Trainer leaves the process group up; a rank exiting with it can abort
+    return trainer
+
+
+def load_data(data_args: CaptionDataArguments, eval_args: VLMEvalArguments, training_args: SFTConfig) -> CaptionData:
+    """The training split, the held-out rows and the LM's held-out texts; the trainer is set to pass rows through."""
+    train_dataset = load_caption_split(data_args, train=True)
+    eval_rows = list(load_caption_split(data_args, train=False))
+    training_args.remove_unused_columns = False  # the collator needs the raw columns
+    training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    return CaptionData(train_dataset, eval_rows, held_out_texts(eval_args, eval_rows, training_args.seed))
+
+
+def evaluate_before(model, processor, data: CaptionData, eval_args: VLMEvalArguments) -> dict:
+    """The model before training (when asked), and a blind floor: the most common training answer per task."""
+    results: dict = {}
+    if eval_args.vlm_eval_before:
+        results["before"], _ = evaluate(model, processor, data.eval_rows, eval_args, data.held_out_texts)
+        logger.info("before: %s", json.dumps(results["before"]))
+    if isinstance(data.train, datasets.Dataset):
+        answers = list(zip(data.train["task"], data.train["answer"], strict=True))
+        results["constant_answer_baseline"] = constant_baseline(answers, data.eval_rows)
+    return results
+
+
+def train(trainer: VLMTrainer, lab_args: LabTrainingArguments) -> None:
+    """Train, resuming as resume_from_checkpoint says: output_dir's newest complete checkpoint, or the mirror's copy
+    when newer; a half-written checkpoint is set aside."""
+    args = trainer.args
+    mirror = add_lab_callbacks(trainer, lab_args, args)  # TensorBoard folder, checkpoint mirror
     main_process = trainer.accelerator.is_main_process
-    resume = resume_source(  # the mirror's newest complete copy when it is newer than output_dir's
-        training_args.resume_from_checkpoint, training_args.output_dir, mirror and mirror.dest, main_process
-    )
-    resume = resume_checkpoint(resume, training_args.output_dir, main_process)  # a half-written one is set aside
+    resume = resume_source(args.resume_from_checkpoint, args.output_dir, mirror and mirror.dest, main_process)
+    resume = resume_checkpoint(resume, args.output_dir, main_process)
     trainer.train(resume_from_checkpoint=resume or None)
 
-    results["after"], predictions = evaluate(trainer.model, processor, eval_rows, eval_args, texts)
-    logger.info("after: %s", json.dumps(results["after"]))
-    if not trainer.accelerator.is_main_process:
-        return trainer
 
-    lora = sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n and p.requires_grad)
-    # Save: the model (or adapter) + processor; with LoRA also the merged model, a plain folder the next stage loads
+def lora_parameters(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+
+
+def finish(trainer: VLMTrainer, processor, data: CaptionData, args: tuple, results: dict, start: float) -> None:
+    """Evaluate the trained model, save it, and write predictions.jsonl, summary.json and run_record.json."""
+    data_args, model_args, stage, eval_args, *_ = args
+    out = Path(trainer.args.output_dir)
+    results["after"], predictions = evaluate(trainer.model, processor, data.eval_rows, eval_args, data.held_out_texts)
+    logger.info("after: %s", json.dumps(results["after"]))
+    save(trainer, processor, merged=stage.train_language_model == "lora")
+    write_generated(out / "predictions.jsonl", data.eval_rows, predictions)  # the gallery reads it (read_generated)
+    skipped = {"train": caption_skip_report(data_args, train=True), "eval": caption_skip_report(data_args, train=False)}
+    write_json_atomic(out / "summary.json", summary(trainer, data, args, skipped, start) | results)
+    config = config_dict(*args)  # "skipped": every row left out under bad_examples=skip (uid, where, reason)
+    write_run_record(
+        out, "train_vlm", trainer.args.seed, config, chat_template=processor.chat_template, skipped=skipped
+    )
+
+
+def save(trainer: VLMTrainer, processor, merged: bool) -> None:
+    """The model (or adapter) + processor; `merged`: also the LoRA-merged model, a plain folder the next stage loads."""
+    out = Path(trainer.args.output_dir)
     trainer.save_model(out)
     processor.save_pretrained(out)
-    if peft_config is not None:
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(out / "merged")
+    if merged:
+        trainer.model.merge_and_unload().save_pretrained(out / "merged")
         processor.save_pretrained(out / "merged")
-    write_generated(out / "predictions.jsonl", eval_rows, predictions)  # the gallery reads it (read_generated)
-    skipped = {"train": caption_skip_report(data_args, train=True), "eval": caption_skip_report(data_args, train=False)}
-    summary = {
+
+
+def summary(trainer: VLMTrainer, data: CaptionData, args: tuple, skipped: dict, start: float) -> dict:
+    """summary.json's run part: stage, model, data, loss curve, steps, seconds since `start`."""
+    data_args, model_args, stage, *_ = args
+    return {
         "stage": stage.stage_name,
         "model": model_args.model_name_or_path,
         "data": {
             "source": data_args.dataset_source,
-            "train_rows": _length(train_dataset),
-            "eval_rows": len(eval_rows),
-            "eval_tasks": dict(Counter(r["task"] for r in eval_rows)),
+            "train_rows": len(data.train) if isinstance(data.train, datasets.Dataset) else None,
+            "eval_rows": len(data.eval_rows),
+            "eval_tasks": dict(Counter(r["task"] for r in data.eval_rows)),
             "bad_examples": data_args.bad_examples,
             "skipped_train_rows": skipped["train"]["count"],
             "skipped_eval_rows": skipped["eval"]["count"],
         },
-        "trainable_parameters": {**trainable, "lora": lora},
         "train_loss": loss_curve(trainer.state.log_history),
         "steps": trainer.state.global_step,
         "seconds": round(time.time() - start, 1),
-        **results,
     }
-    write_json_atomic(out / "summary.json", summary)
-    record = {
-        "kind": "train_vlm",
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "seed": training_args.seed,
-        "chat_template": processor.chat_template,
-        "config": config_dict(data_args, model_args, stage, eval_args, lab_args, training_args),
-        "skipped": skipped,  # every row left out under bad_examples=skip: uid, where, reason
-        "versions": library_versions(),
-    }
-    write_json_atomic(out / "run_record.json", record)
-    return trainer
-
-
-def _length(ds) -> int | None:
-    return len(ds) if isinstance(ds, datasets.Dataset) else None
 
 
 def make_parser() -> TrlParser:

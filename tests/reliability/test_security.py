@@ -19,8 +19,8 @@ from trl import ModelConfig, SFTConfig
 from evals.evaluate import EvalArguments, load_for_eval
 from training import models
 from training.models import LabModelArguments, ModelNotAvailableError, load_model, load_processor
-from training.run_record import write_run_record
 from utils import file_names
+from utils.run_record import config_dict, redacted, write_run_record
 from vlm_datasets import hub
 from vlm_datasets.config import DataArguments
 from vlm_datasets.prompts import get_template
@@ -219,9 +219,8 @@ def test_run_records_hold_no_token(monkeypatch, tmp_path):
     model = ModelConfig(model_name_or_path=f"/models/{TOKEN}")  # a value that is a token, under an innocent key
     eval_args = EvalArguments(output_dir=str(tmp_path))
     manifest = {"source": "hub", "settings": {"dataset_name": data.dataset_name, "api_key": "k-123"}}
-    path = write_run_record(
-        tmp_path, (data, train, model, eval_args), get_template("nlvr2_true_false"), manifest, 0, "x"
-    )
+    config, template = config_dict(data, train, model, eval_args), get_template("nlvr2_true_false")
+    path = write_run_record(tmp_path, "x", 0, config, prompt_template=template, dataset=redacted(manifest))  # as sft
     text = path.read_text()
     assert TOKEN not in text and "k-123" not in text and "user:" not in text
     record = json.loads(text)

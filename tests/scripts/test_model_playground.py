@@ -78,10 +78,10 @@ def test_adapter_is_applied(tiny_model_dir, synthetic_config, split_rows, tmp_pa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from training.models import DEFAULT_LORA_TARGETS
+    from training.models import LORA_TARGETS
 
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
-    lora = LoraConfig(r=4, target_modules=DEFAULT_LORA_TARGETS, init_lora_weights=False)  # random: not a no-op
+    lora = LoraConfig(r=4, target_modules=LORA_TARGETS["qwen2_vl"], init_lora_weights=False)  # random: not a no-op
     get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
     log = tmp_path / "log.jsonl"
     uid = next(iter(split_rows))

@@ -27,7 +27,7 @@ from trl import ModelConfig, SFTConfig
 
 from training.collators import CaptionCollator
 from training.compose import ComposeArguments, build, parameter_counts, save, train_tokenizer
-from training.stages import StageArguments, VLMTrainer, lora_config, set_trainable
+from training.stages import StageArguments, VLMTrainer, set_trainable, stage_lora_config
 from vlm_datasets.captions import CaptionDataArguments, load_caption_split, synthetic_rows, to_chat
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,8 +205,9 @@ def trainer_for(path: Path, tmp_path: Path, stage: StageArguments, steps: int = 
     args = SFTConfig(output_dir=str(tmp_path / "run"), max_steps=steps, per_device_train_batch_size=4,
                      learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none", bf16=False,
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, **sft)  # fmt: skip
+    peft_config = stage_lora_config(model_args, stage)
     return VLMTrainer(model=model, args=args, data_collator=CaptionCollator(processor), train_dataset=datasets_rows(8),
-                      processing_class=processor, peft_config=lora_config(model_args, stage), stage=stage)  # fmt: skip
+                      processing_class=processor, peft_config=peft_config, stage=stage)  # fmt: skip
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 from trl import ModelConfig
 
 from training.models import (
-    DEFAULT_LORA_TARGETS,
+    LORA_TARGETS,
     LabModelArguments,
     ModelNotAvailableError,
     load_model,
@@ -41,7 +41,7 @@ def test_qlora_keeps_the_vision_tower_out_of_4bit_unless_asked(tiny_model_dir):
 
 def test_default_lora_targets_are_the_language_model_linears(tiny_model_dir):
     config = lora_config(ModelConfig(model_name_or_path=str(tiny_model_dir), use_peft=True))
-    assert config.target_modules == DEFAULT_LORA_TARGETS
+    assert config.target_modules == LORA_TARGETS["qwen2_vl"]
     from peft import get_peft_model
 
     model = get_peft_model(load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))), config)

@@ -20,7 +20,7 @@ from evals.language import PROMPTS, LanguageMetrics, scored_tokens, unigram_coun
 from training.gpt2 import EOS, LMModelArguments, load_tokenizer, train_byte_bpe
 from training.packing import pack_documents, tokenize_and_pack
 from training.pretrain_lm import _resume_arg, main, make_parser, run_config
-from training.run_record import write_json_atomic
+from utils.atomic_write import write_json_atomic
 from vlm_datasets.stories import generate_stories
 from vlm_datasets.text import TextDataArguments, load_texts
 

@@ -15,7 +15,7 @@ from peft import LoraConfig, get_peft_model
 from tests.training.test_vision_cache import run_sft
 from training import shared_prefix
 from training.collators import ExampleCollator
-from training.models import DEFAULT_LORA_TARGETS, LabModelArguments, load_processor
+from training.models import LORA_TARGETS, LabModelArguments, load_processor
 from training.shared_prefix import decide, install, installed, shared_prefix_length, uninstall, use_shared_prefix
 from vlm_datasets.example import examples_to_dataset
 from vlm_datasets.prompts import get_template
@@ -27,7 +27,7 @@ def lora_model(tiny_model_dir, dropout: float = 0.0):
 
     torch.manual_seed(0)
     base = Qwen2VLForConditionalGeneration.from_pretrained(tiny_model_dir, use_safetensors=True)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=DEFAULT_LORA_TARGETS)
+    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=LORA_TARGETS["qwen2_vl"])
     config.init_lora_weights = False  # B != 0: the adapter changes the output, so its gradients are not trivial
     return get_peft_model(base, config)
 

@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 from training import trainer as lab_trainer
 from training import vision_cache
-from training.models import DEFAULT_LORA_TARGETS, LabModelArguments, load_model, load_processor
+from training.models import LORA_TARGETS, LabModelArguments, load_model, load_processor
 from training.pipeline import TokenizedCollator, tokenize_split
 from training.sft import main, make_parser
 from training.vision_cache import use_vision_cache
@@ -89,11 +89,11 @@ def test_a_trainable_vision_tower_turns_auto_off_and_true_is_refused(
     full = load_model(ModelConfig(model_name_or_path=str(tiny_model_dir)), LabModelArguments(freeze_vision_tower=False))
     lora_in_merger = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
-        LoraConfig(target_modules=DEFAULT_LORA_TARGETS + r"|.*visual\.merger\.mlp\.0", r=4),
+        LoraConfig(target_modules=LORA_TARGETS["qwen2_vl"] + r"|.*visual\.merger\.mlp\.0", r=4),
     )
     saved_merger = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
-        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, modules_to_save=["merger"], r=4),
+        LoraConfig(target_modules=LORA_TARGETS["qwen2_vl"], modules_to_save=["merger"], r=4),
     )
     for model in (full, lora_in_merger, saved_merger):
         on, reason = vision_cache.decide("auto", model, "cpu")
@@ -103,14 +103,14 @@ def test_a_trainable_vision_tower_turns_auto_off_and_true_is_refused(
                 vision_cache.decide("true", model, device)
     frozen = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
-        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+        LoraConfig(target_modules=LORA_TARGETS["qwen2_vl"], r=4),
     )
     assert vision_cache.decide("auto", frozen, "cpu")[0] and vision_cache.decide("true", frozen, "cpu")[0]
     assert not vision_cache.decide("false", frozen, "cpu")[0]
     # through training/sft.py: LoRA on the merger with true stops before training
     with pytest.raises(ValueError, match="trainable vision-tower parameters"):
         run_sft(tiny_model_dir, tmp_path / "run", monkeypatch, "--vision_feature_cache", "true",
-                "--lora_target_modules", DEFAULT_LORA_TARGETS + r"|.*visual\.merger\.mlp\.0")  # fmt: skip
+                "--lora_target_modules", LORA_TARGETS["qwen2_vl"] + r"|.*visual\.merger\.mlp\.0")  # fmt: skip
 
 
 def images_and_model(tiny_model_dir, n: int):
@@ -264,7 +264,7 @@ def test_the_keyed_path_never_copies_or_hashes_pixels(tiny_model_dir, monkeypatc
 def test_auto_is_on_only_where_measured_and_true_anywhere(tiny_model_dir):
     frozen = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
-        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+        LoraConfig(target_modules=LORA_TARGETS["qwen2_vl"], r=4),
     )
     on, reason = vision_cache.decide("auto", frozen, "cpu")
     assert on and reason.startswith("on (auto on cpu:")
@@ -278,7 +278,7 @@ def test_auto_is_on_only_where_measured_and_true_anywhere(tiny_model_dir):
 def test_through_use_vision_cache_the_device_and_the_collator_decide(tiny_model_dir):
     frozen = get_peft_model(
         load_model(ModelConfig(model_name_or_path=str(tiny_model_dir))),
-        LoraConfig(target_modules=DEFAULT_LORA_TARGETS, r=4),
+        LoraConfig(target_modules=LORA_TARGETS["qwen2_vl"], r=4),
     )
     collator = TokenizedCollator(load_processor(str(tiny_model_dir)))
     trainer = SimpleNamespace(model=frozen, data_collator=collator, accelerator=SimpleNamespace(device=None))

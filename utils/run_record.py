@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import re
@@ -11,6 +10,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from utils.atomic_write import write_json_atomic
 
 PACKAGES = (
     "torch",
@@ -38,13 +39,16 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _jsonable(value: Any) -> Any:
+def redacted(value: Any) -> Any:
+    """`value` made JSON-safe (dataclasses as dicts, other objects as text) with credentials left out: keys that look
+    like secrets (tokens, passwords) are dropped and values that look like one (an hf_ token, user:password@ in a URL)
+    are redacted."""
     if dataclasses.is_dataclass(value):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items() if not _SECRET.search(str(k))}
+        return {str(k): redacted(v) for k, v in value.items() if not _SECRET.search(str(k))}
     if isinstance(value, list | tuple | set):
-        return [_jsonable(v) for v in value]
+        return [redacted(v) for v in value]
     if isinstance(value, str):
         return _SECRET_VALUE.sub("<redacted>", value)
     if isinstance(value, int | float | bool) or value is None:
@@ -53,12 +57,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def config_dict(*args_objects) -> dict[str, Any]:
-    """Merge dataclass args into one JSON-safe dict; keys that look like secrets (tokens, passwords) are dropped and
-    values that look like one (an hf_ token, user:password@ in a URL) are redacted."""
+    """Dataclass args as one dict, {class name: fields}, each `redacted`."""
     merged: dict[str, Any] = {}
     for obj in args_objects:
         d = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
-        merged[type(obj).__name__] = _jsonable(d)
+        merged[type(obj).__name__] = redacted(d)
     return merged
 
 
@@ -70,34 +73,17 @@ def token_to_environment(training_args) -> None:
         training_args.hub_token = None
 
 
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def write_run_record(
-    output_dir: str | Path,
-    args_objects: tuple,
-    template,
-    dataset_manifest: dict[str, Any],
-    seed: int,
-    kind: str,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write <output_dir>/run_record.json (resolved config, seed, template name + text, data, library versions, and
-    `extra`'s entries, e.g. the vision feature cache's counters)."""
+def write_run_record(output_dir: str | Path, kind: str, seed: int, config: dict[str, Any], **entries: Any) -> Path:
+    """Write <output_dir>/run_record.json: kind, created (UTC), seed, the resolved config ({dataclass name: fields},
+    e.g. `config_dict`'s), library versions, and `entries` as given, a dataclass as its fields (pass what may hold
+    credentials, such as a data manifest, through `redacted`)."""
+    entries = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in entries.items()}
     record = {
         "kind": kind,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "seed": seed,
-        "prompt_template": dataclasses.asdict(template),  # name, text, answers and layout
-        "dataset": _jsonable(dataset_manifest),
-        "config": config_dict(*args_objects),
+        "config": config,
         "versions": library_versions(),
-        **_jsonable(extra or {}),
+        **entries,
     }
     return write_json_atomic(Path(output_dir) / "run_record.json", record)
