@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import datasets
+import psutil
 import torch
 from transformers import TrainerCallback
 
@@ -73,7 +73,7 @@ class StepTimer(TrainerCallback):
 
 class PeakMemory:
     """Peak memory while the block runs: CUDA max_memory_allocated on a GPU, else resident memory (RSS) of this
-    process and its children (dataloader workers), sampled every 20 ms (psutil if installed, else /proc)."""
+    process and its children (dataloader workers, via psutil), sampled every 20 ms."""
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
@@ -83,21 +83,14 @@ class PeakMemory:
 
     @staticmethod
     def rss_mb() -> float:
-        try:
-            import psutil
-
-            me = psutil.Process()
-            procs = [me, *me.children(recursive=True)]
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:  # a worker that just exited
-                    pass
-            return total / 2**20
-        except ImportError:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # a worker that just exited
+                pass
+        return total / 2**20
 
     def _sample(self):
         while not self._stop.wait(0.02):

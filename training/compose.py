@@ -343,9 +343,6 @@ def _load_part(module: torch.nn.Module, state: dict, what: str, allow_unused: tu
         raise ValueError(f"{what}: weights do not fit (missing {result.missing_keys[:5]}, unexpected {unexpected[:5]})")
 
 
-COMPONENTS = ("vision_tower", "multi_modal_projector", "language_model")
-
-
 def component_of(name: str) -> str:
     """vision | projector | language_model for a parameter name (lm_head counts as the language model)."""
     if ".vision_tower." in f".{name}":
