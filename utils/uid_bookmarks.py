@@ -8,21 +8,16 @@ the command line is utils/uid_cache.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from utils.artifacts import artifact_dir
-from utils.errors import DataError
+from filelock import FileLock
 
-try:  # POSIX advisory lock around read-modify-write; without it (Windows) writes stay atomic but may race
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from utils.artifacts import artifact_dir
+from utils.atomic_write import write_json_atomic
+from utils.errors import DataError
 
 CACHE_VERSION = 1
 
@@ -96,33 +91,14 @@ class UidCache:
         return entries
 
     def _write(self, entries: list[Bookmark]) -> None:
-        """Temporary file in the same folder, fsync, os.replace: readers see the old file or the new one."""
+        """Replace the file whole (utils.atomic_write): readers see the old file or the new one."""
         payload = {"version": CACHE_VERSION, "entries": [asdict(e) for e in entries]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, self.path.stat().st_mode & 0o777 if self.path.exists() else 0o644)  # mkstemp makes 0600
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_json_atomic(self.path, payload, sort_keys=False, ensure_ascii=False)
 
-    @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> FileLock:
+        """The lock held around a read-modify-write, across processes: .<file name>.lock beside the file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return FileLock(self.path.with_name(f".{self.path.name}.lock"))
 
     # ---- operations ----
     def get(self, uid: str) -> Bookmark | None:
