@@ -1,15 +1,20 @@
-"""Paired comparison of two runs: McNemar's exact test on known tables, flip lists, deltas, shared-uid accounting."""
+"""Paired comparison of two runs: McNemar's exact test on known tables, Holm's adjustment, flip lists, accuracy and
+consistency deltas, shared-uid accounting, the deltas plot and the command line's missing-path message."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 from evals import comparison
-from evals.comparison import compare_predictions, mcnemar_exact
+from evals.comparison import compare_predictions, holm, mcnemar_exact
 from evals.prediction_files import write_predictions_csv
 from utils.errors import DataError
 
@@ -24,6 +29,9 @@ ROWS = {
     "dev-3-1-0": (False, False, "absent", "color"),
     "dev-4-0-0": (True, "absent", True, "count"),
 }
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_run(folder: Path, which: int) -> Path:
@@ -111,3 +119,86 @@ def test_runs_with_different_labels_are_refused(tmp_path):
         comparison.compare_runs(a, b, out=tmp_path / "cmp")
     with pytest.raises(DataError, match="share no uid"):
         compare_predictions({"x": True}, {"y": True}, {"x": True, "y": True})
+
+
+def test_holm_on_a_hand_computed_case():
+    # sorted 0.01, 0.03, 0.04 -> 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04): the third kept at the second's 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # 2 * 0.5 capped at 1; the larger p never adjusts below it
+    assert holm([0.02]) == [0.02] and holm([]) == []
+
+
+def test_holm_is_monotonic_and_never_below_the_raw_p():
+    p = np.random.default_rng(0).uniform(0, 0.2, size=12).tolist()
+    adjusted = holm(p)
+    in_p_order = [adjusted[i] for i in np.argsort(p)]
+    assert in_p_order == sorted(in_p_order)
+    assert all(raw <= adj <= 1.0 for raw, adj in zip(p, adjusted, strict=True))
+    assert min(adjusted) == pytest.approx(len(p) * min(p))
+
+
+def test_category_p_values_are_holm_adjusted_over_the_categories():
+    # x: 6 wrong -> right (p = 2 / 2**6), y: 5 (p = 2 / 2**5), z: no flip (p = 1)
+    uids = [f"u{i}" for i in range(14)]
+    labels = dict.fromkeys(uids, True)
+    a = dict.fromkeys(uids, False) | {"u11": True, "u12": True, "u13": True}
+    b = dict.fromkeys(uids, True)
+    categories = {u: "x" if i < 6 else "y" if i < 11 else "z" for i, u in enumerate(uids)}
+    result = compare_predictions(a, b, labels, categories=categories, n_resamples=10)
+    raw = {name: c["mcnemar_p"] for name, c in result["categories"].items()}
+    assert raw == pytest.approx({"x": 0.03125, "y": 0.0625, "z": 1.0})
+    adjusted = {name: c["mcnemar_p_holm"] for name, c in result["categories"].items()}
+    assert adjusted == pytest.approx({"x": 3 * 0.03125, "y": 2 * 0.0625, "z": 1.0})
+
+
+def test_consistency_delta_counts_the_group_that_flips(tmp_path):
+    # three sentence groups of two image pairs each: A and B both miss one example of dev-3-*-0 (different ones),
+    # B gets dev-2-*-0 wholly right; coco-1 is no NLVR2 identifier and stays out of consistency
+    right = {
+        "dev-1-0-0": (True, True),
+        "dev-1-1-0": (True, True),
+        "dev-2-0-0": (True, True),
+        "dev-2-1-0": (False, True),
+        "dev-3-0-0": (False, True),
+        "dev-3-1-0": (True, False),
+        "coco-1": (False, True),
+    }
+    labels = dict.fromkeys(right, True)
+    a, b = ({u: r[i] for u, r in right.items()} for i in (0, 1))
+    c = compare_predictions(a, b, labels, n_resamples=200)["consistency"]
+    assert (c["n_groups"], c["n_excluded"]) == (3, 1)
+    assert (c["consistency_a"], c["consistency_b"], c["delta"]) == pytest.approx((1 / 3, 2 / 3, 1 / 3))
+    assert (c["n_wrong_to_right"], c["n_right_to_wrong"], c["mcnemar_p"]) == (1, 0, 1.0)
+    assert 0 <= c["delta_ci"][0] <= c["delta"] <= c["delta_ci"][1] <= 1  # no group got worse: the CI stays >= 0
+    foreign = compare_predictions({"coco-1": True}, {"coco-1": False}, {"coco-1": True}, n_resamples=10)
+    assert foreign["consistency"]["delta"] is None and foreign["consistency"]["n_excluded"] == 1
+
+
+def test_compare_runs_writes_the_deltas_plot_and_summarises_consistency(tmp_path):
+    a, b = write_run(tmp_path / "zero_shot", 1), write_run(tmp_path / "finetuned", 2)
+    result = comparison.compare_runs(a, b, out=tmp_path / "cmp", n_resamples=200)
+    plot = tmp_path / "cmp" / "zero_shot__vs__finetuned_deltas.png"
+    assert result["plot"] == str(plot)
+    image = matplotlib.image.imread(plot)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    # groups dev-1-*-0, dev-2-*-0, dev-3-*-0: A is wholly right on none, B on dev-1-*-0
+    c = result["consistency"]
+    assert (c["n_groups"], c["consistency_a"], c["consistency_b"]) == (3, 0.0, pytest.approx(1 / 3))
+    text = comparison.summary_text(result)
+    assert "consistency B - A: +33.33 points" in text and "0.00% -> 33.33%" in text
+    assert "raw and Holm-adjusted over the 2" in text and text.count("Holm p = 1") == 2
+
+
+def run_compare_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO / "evals" / "compare.py"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_names_a_missing_path_in_one_line(tmp_path):
+    write_run(tmp_path / "a", 1)
+    (tmp_path / "empty").mkdir()
+    for missing, named in (("wrong/path", "wrong/path"), ("empty", "empty/predictions.jsonl")):
+        done = run_compare_cli("a", missing, "--out", "cmp", cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == f"error: no such file or folder: {named}\n"
+    assert not (tmp_path / "cmp").exists()
