@@ -53,7 +53,7 @@ class DemoArguments:
         default=96,
         metadata={
             "help": "Override the SFT config's per_device_train_batch_size (None: the config's 32). The demo trains "
-            "1000 steps of 96 (docs/benchmarks.md: accuracy by batch size and learning rate, over SFT seeds)."
+            "1000 steps of 96 (docs/training.md: accuracy by batch size and learning rate, over SFT seeds)."
         },
     )
     sft_learning_rate: float | None = field(

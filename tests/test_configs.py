@@ -20,7 +20,7 @@ TRAINING = sorted(p for p in (REPO / "training" / "configs").glob("*.yaml") if n
 LM_TRAINING = sorted((REPO / "training" / "configs").glob("gpt2_*.yaml"))
 EVALS = sorted((REPO / "evals" / "configs").glob("*.yaml"))
 SWEEPS = sorted((REPO / "training" / "configs" / "sweeps").glob("*.yaml"))  # scripts/sweep.py
-# The embedded sweeps' time budget on a 2-core CPU: LoRA SFT at ~4.5 steps/s (docs/benchmarks.md) + ~12 s a run.
+# The embedded sweeps' time budget on a 2-core CPU: LoRA SFT at ~4.5 steps/s (docs/training_speed.md) + ~12 s a run.
 EMBEDDED_STEPS_PER_SECOND, EMBEDDED_RUN_OVERHEAD_S, EMBEDDED_BUDGET_S = 4.5, 12, 30 * 60
 
 

@@ -50,7 +50,7 @@ class BuildArguments:
         metadata={
             "help": "Stage 2 runs the rows' common first tokens once per batch (training/shared_prefix.py): the same "
             "math in another summation order, ~10% shorter stage 2, but another base; the demo's figures are "
-            "measured on the base built without it (docs/benchmarks.md)."
+            "measured on the base built without it (docs/training.md)."
         },
     )
     force: bool = field(default=False, metadata={"help": "Rebuild even if output_dir holds a matching build."})
