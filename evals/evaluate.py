@@ -25,7 +25,7 @@ from evals.run_metrics import compute_metrics
 from evals.run_report import write_report
 from evals.scoring import Scored, batches_by_length, score_generate, score_likelihood
 from training.models import LabModelArguments, load_model, load_processor
-from utils.atomic_write import write_json_atomic
+from utils.atomic_write import write_json_atomic, write_jsonl_atomic
 from utils.errors import DataError
 from utils.run_record import config_dict, redacted, write_run_record
 from vlm_datasets.config import DataArguments
@@ -269,15 +269,6 @@ def write_probe(rows: list[dict], out_dir: Path) -> dict:
     write_jsonl_atomic(out_dir / "image_order_probe.jsonl", rows)
     changed = sum(r["prediction"] != r["swapped_prediction"] for r in rows)
     return {"n": len(rows), "n_changed": changed, "share_changed": changed / len(rows) if rows else None}
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def _check_rows(rows: Iterable[tuple[str, dict]], seen: set[str], split: str, template) -> list[str]:

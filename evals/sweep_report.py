@@ -6,12 +6,15 @@ variant and value of the other axes), all written into the sweep folder.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: a bare Figure saves .png through the Agg canvas, no GUI backend
+
+from utils.atomic_write import write_text_atomic
 
 # Student t quantiles t(0.975, df) for df = 1..30 (the stack has no scipy); beyond 30, the normal 1.96.
 T_975 = (
@@ -103,13 +106,11 @@ def summarize(rows: Sequence[dict], metrics: Sequence[str], axes: Sequence[str])
 
 def write_csv(path: Path, rows: Sequence[dict]) -> Path:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows([{k: "" if row.get(k) is None else row[k] for k in columns} for row in rows])
-    tmp.replace(path)
-    return path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows([{k: "" if row.get(k) is None else row[k] for k in columns} for row in rows])
+    return write_text_atomic(path, text.getvalue())
 
 
 def _num(x: float | None) -> str:
@@ -231,9 +232,7 @@ def write_results(out_dir: Path, sweep: dict, runs: Sequence[dict], command: str
     rows = collect(runs, metrics)
     summary = summarize(rows, metrics, axes)
     paths = [write_csv(out_dir / "results.csv", rows), write_csv(out_dir / "summary.csv", summary)]
-    md, tmp = out_dir / "results.md", out_dir / ".results.md.tmp"
-    tmp.write_text(render_markdown(sweep, summary, rows, command))
-    paths.append(tmp.replace(md))
+    paths.append(write_text_atomic(out_dir / "results.md", render_markdown(sweep, summary, rows, command)))
     for metric in metrics:
         title = f"{sweep['name']}: {metric}"
         paths.append(plot_metric(out_dir / plot_name(metric), summary, metric, axes, plot_axis, title))

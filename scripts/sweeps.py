@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from utils.atomic_write import write_json_atomic
+from utils.atomic_write import write_json_atomic, write_text_atomic
 from utils.checkpoints import last_complete_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,9 +336,7 @@ def execute(args: SweepArguments, run: Run) -> dict:
     train_text, eval_text = config_texts(args, run)
     run.dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("train.yaml", train_text), ("eval.yaml", eval_text)):
-        tmp = run.dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(run.dir / name)
+        write_text_atomic(run.dir / name, text)
     train_dir = run.dir / "train"
     if not (run.dir / "train_summary.json").exists():
         resume = last_complete_checkpoint(train_dir) is not None

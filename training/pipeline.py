@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from training.collators import IGNORE_INDEX, render
 from training.models import has_grid
 from training.preflight import TokenBudget, check_token_budget
 from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
+from utils.atomic_write import write_json_atomic
 from utils.errors import DataError
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import row_to_example
@@ -237,9 +237,8 @@ def _record_token_files(folder: Path, fingerprint: str) -> None:
         record_path = path.with_name(path.name + TOKEN_RECORD_SUFFIX)
         if record_path.exists():
             continue
-        tmp = record_path.with_name(f"tmp.{record_path.name}.{os.getpid()}")  # "tmp*": no cache file (cache.py)
-        tmp.write_text(json.dumps({"size": path.stat().st_size, "sha256": _sha256(path)}) + "\n")
-        os.replace(tmp, record_path)  # a killed write leaves no record: the file is tokenized again next time
+        record = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        write_json_atomic(record_path, record, indent=None, sort_keys=False)  # killed: no record, tokenized again
 
 
 @dataclass

@@ -39,8 +39,9 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 LOCAL_SOURCES = ("nlvr2", "jsonl")  # sources whose files a cache can check for changes (hub: the revision setting)
 # Files datasets itself adds next to loaded Arrow files (Dataset.map caches) and the checksum record
-# training/pipeline.py writes beside its tokenized one: derived, not cache data.
-_DERIVED_FILE = re.compile(r"(^|/)(cache-[^/]*\.arrow(\.sha256\.json)?|tmp[^/]*)$")
+# training/pipeline.py writes beside its tokenized one (with the temporary file of a killed write,
+# utils.atomic_write's .<name>.<hex>.tmp): derived, not cache data.
+_DERIVED_FILE = re.compile(r"(^|/)(cache-[^/]*\.arrow(\.sha256\.json)?|tmp[^/]*|\.cache-[^/]*\.tmp)$")
 _CHANGES_NAMED = 5  # changed source files a refusal names (then a count)
 
 
