@@ -1,4 +1,5 @@
-"""Write the report of one evaluation run (evals/run_report.py): report.md + three PNGs in the run folder.
+"""Write the report of one evaluation run (evals/run_report.py): report.md + three PNGs in the run folder, named after
+it (<run>_accuracy_by_category.png, <run>_confusion_matrix.png, <run>_reliability.png).
 
 # Report of an evaluation run (written into the run folder)
 python evals/report.py artifacts/evals/run
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from evals.run_report import PLOTS, write_report
+from evals.run_report import plot_files, write_report
 from utils.errors import DataError
 
 
@@ -30,7 +31,7 @@ def cli(
     except (DataError, OSError) as e:  # bad or missing input: one line, no traceback
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"written: {path} + {', '.join(PLOTS.values())}")
+    typer.echo(f"written: {path} + {', '.join(p.name for p in plot_files(run_dir).values())}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""A report of one evaluation run, readable without the lab: report.md + three PNGs (accuracy per category with
-CIs, confusion matrix, reliability diagram of p_true), from the run folder's predictions.jsonl and metrics.json.
-The command line: evals/report.py.
+"""A report of one evaluation run, readable without the lab: report.md + three PNGs named and titled after the run
+(<run>_accuracy_by_category.png: accuracy per category with CIs; <run>_confusion_matrix.png: counts and row rates;
+<run>_reliability.png: reliability diagram of p_true), from the run folder's predictions.jsonl and metrics.json; <run>
+is the folder's name. The command line: evals/report.py.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: a bare Figure saves .png through the Agg canvas, no GUI backend
@@ -15,11 +18,18 @@ from evals.prediction_files import gold_from_records, load_annotations, read_pre
 from evals.run_metrics import calibration, compute_metrics, confusion_counts, consistency_note
 from utils.errors import DataError
 
-PLOTS = {
-    "categories": "accuracy_by_category.png",
-    "confusion": "confusion_matrix.png",
-    "reliability": "reliability.png",
-}
+PLOTS = {"categories": "accuracy_by_category", "confusion": "confusion_matrix", "reliability": "reliability"}
+
+
+def run_name(run_dir: Path) -> str:
+    """The run's name in plot titles and file names: its folder's name."""
+    return Path(run_dir).resolve().name
+
+
+def plot_files(run_dir: str | Path) -> dict[str, Path]:
+    """{plot: <run_dir>/<run>_<plot name>.png} for the PLOTS."""
+    run_dir = Path(run_dir)
+    return {key: run_dir / f"{run_name(run_dir)}_{name}.png" for key, name in PLOTS.items()}
 
 
 def _pct(x: float | None) -> str:
@@ -35,7 +45,15 @@ def confusion_columns(confusion: dict) -> list[str]:
     return ["True", "False"] + (["unparseable"] if any(r["unparseable"] for r in confusion.values()) else [])
 
 
-def plot_categories(metrics: dict, path: Path) -> Path:
+def confusion_rates(confusion: dict) -> dict:
+    """{label: {prediction: share of the label's examples}}, each row summing to 1; None for a label with none."""
+    return {
+        label: {col: n / sum(row.values()) if sum(row.values()) else None for col, n in row.items()}
+        for label, row in confusion.items()
+    }
+
+
+def plot_categories(metrics: dict, path: Path, run: str) -> Path:
     """Horizontal bars: overall accuracy and each category's, with bootstrap CI error bars and n in the labels."""
     rows = [("all", metrics)] + list(metrics["categories"].items())
     acc = np.array([r["accuracy"] for _, r in rows])
@@ -49,37 +67,39 @@ def plot_categories(metrics: dict, path: Path) -> Path:
     ax.axvline(0.5, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy (95% bootstrap CI); dashed: chance")
-    ax.set_title("accuracy per category")
+    ax.set_title(f"{run}: accuracy per category")
     fig.savefig(path, dpi=100)
     return path
 
 
-def plot_confusion(confusion: dict, path: Path) -> Path:
-    """Label (rows) x prediction (columns) counts; an unparseable column only when there are any."""
-    columns = confusion_columns(confusion)
-    counts = np.array([[confusion[label][col] for col in columns] for label in ("True", "False")])
+def plot_confusion(confusion: dict, path: Path, run: str) -> Path:
+    """Label (rows) x prediction (columns): count and share of the label's examples, shaded by the share; an
+    unparseable column only when there are any."""
+    labels, columns, rates = ("True", "False"), confusion_columns(confusion), confusion_rates(confusion)
+    shares = np.array([[rates[y][c] or 0.0 for c in columns] for y in labels])
     fig = Figure(figsize=(1.8 + 1.4 * len(columns), 3.2), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
-    for (i, j), count in np.ndenumerate(counts):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > counts.max() / 2 else "black")
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, y), (j, c) in itertools.product(enumerate(labels), enumerate(columns)):
+        color = "white" if shares[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{confusion[y][c]}\n{_pct(rates[y][c])}", ha="center", va="center", color=color)
     ax.set_xticks(range(len(columns)), columns)
-    ax.set_yticks([0, 1], ["True", "False"])
+    ax.set_yticks([0, 1], labels)
     ax.set_xlabel("prediction")
     ax.set_ylabel("label")
-    ax.set_title("confusion matrix")
+    ax.set_title(f"{run}: confusion matrix (share of each label)")
     fig.savefig(path, dpi=100)
     return path
 
 
-def plot_reliability(calib: dict | None, path: Path) -> Path:
+def plot_reliability(calib: dict | None, path: Path, run: str) -> Path:
     """Observed frequency of label True per p_true bin against the bin's mean p_true; ECE in the title."""
     fig = Figure(figsize=(4.8, 4.8), layout="constrained")
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.8, label="perfect calibration")
     if calib is None:
         ax.text(0.5, 0.5, "no p_true in predictions\n(generation scoring)", ha="center", va="center")
-        ax.set_title("reliability of p_true: n/a")
+        ax.set_title(f"{run}: reliability of p_true, n/a")
     else:
         full = [b for b in calib["bins"] if b["n"]]
         ax.plot([b["mean_p_true"] for b in full], [b["freq_true"] for b in full], marker="o", label="observed")
@@ -91,7 +111,7 @@ def plot_reliability(calib: dict | None, path: Path) -> Path:
             color="tab:gray",
             label="share of examples",
         )
-        ax.set_title(f"reliability of p_true (ECE = {calib['ece']:.3f}, n = {calib['n']})")
+        ax.set_title(f"{run}: reliability of p_true (ECE = {calib['ece']:.3f}, n = {calib['n']})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("mean p_true in bin")
@@ -101,11 +121,21 @@ def plot_reliability(calib: dict | None, path: Path) -> Path:
     return path
 
 
+def confusion_table(confusion: dict) -> list[str]:
+    """Markdown rows of the confusion matrix: each cell the count and the share of the label's examples."""
+    columns, rates = confusion_columns(confusion), confusion_rates(confusion)
+    lines = ["| label \\ prediction | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for y in ("True", "False"):
+        lines.append(f"| {y} | " + " | ".join(f"{confusion[y][c]} ({_pct(rates[y][c])})" for c in columns) + " |")
+    return lines
+
+
 def render_markdown(run_dir: Path, info: dict, metrics: dict, confusion: dict, calib: dict | None, n: int) -> str:
     """report.md: run description, headline metrics with CIs, categories table, confusion, links to the PNGs."""
     boot = metrics["bootstrap"]
+    links = {key: quote(path.name) for key, path in plot_files(run_dir).items()}  # beside report.md
     lines = [
-        f"# Evaluation report: {run_dir.name}",
+        f"# Evaluation report: {run_name(run_dir)}",
         "",
         "| | |",
         "| --- | --- |",
@@ -152,26 +182,23 @@ def render_markdown(run_dir: Path, info: dict, metrics: dict, confusion: dict, c
             )
     else:
         lines.append("No categories: the examples carry none and no annotations were given.")
-    columns = confusion_columns(confusion)
     lines += [
         "",
-        f"![accuracy per category]({PLOTS['categories']})",
+        f"![accuracy per category]({links['categories']})",
         "",
         "## Confusion matrix",
         "",
-        "| label \\ prediction | " + " | ".join(columns) + " |",
-        "| --- |" + " ---: |" * len(columns),
-    ]
-    lines += [f"| {y} | " + " | ".join(str(confusion[y][c]) for c in columns) + " |" for y in ("True", "False")]
-    lines += [
+        "Each cell: the count and, in brackets, its share of the label's examples (each row sums to 100%).",
         "",
-        f"![confusion matrix]({PLOTS['confusion']})",
+        *confusion_table(confusion),
+        "",
+        f"![confusion matrix]({links['confusion']})",
         "",
         "## Calibration of p_true",
         "",
         "Examples binned by the model's probability of True; a calibrated model's bins lie on the diagonal.",
         "",
-        f"![reliability diagram]({PLOTS['reliability']})",
+        f"![reliability diagram]({links['reliability']})",
         "",
         f"Confidence intervals: percentile bootstrap, {boot['n_resamples']} resamples, seed {boot['seed']} (groups "
         "resampled for consistency). Written by evals/report.py from predictions.jsonl and metrics.json.",
@@ -183,7 +210,8 @@ def render_markdown(run_dir: Path, info: dict, metrics: dict, confusion: dict, c
 def write_report(
     run_dir: str | Path, annotations: str | Path | None = None, n_resamples: int = 1000, seed: int = 0
 ) -> Path:
-    """Write <run_dir>/report.md and its three PNGs from predictions.jsonl (+ metrics.json); return report.md."""
+    """Write <run_dir>/report.md and its three PNGs (plot_files) from predictions.jsonl (+ metrics.json); return
+    report.md."""
     run_dir = Path(run_dir)
     records = read_prediction_records(run_dir / "predictions.jsonl")
     info_path = run_dir / "metrics.json"
@@ -208,9 +236,10 @@ def write_report(
     confusion = confusion_counts(predictions, labels, labels)
     with_p = [r for r in records if r["uid"] in labels and r.get("p_true") is not None]
     calib = calibration([r["p_true"] for r in with_p], [r["label"] for r in with_p]) if with_p else None
-    plot_categories(metrics, run_dir / PLOTS["categories"])
-    plot_confusion(confusion, run_dir / PLOTS["confusion"])
-    plot_reliability(calib, run_dir / PLOTS["reliability"])
+    files, run = plot_files(run_dir), run_name(run_dir)
+    plot_categories(metrics, files["categories"], run)
+    plot_confusion(confusion, files["confusion"], run)
+    plot_reliability(calib, files["reliability"], run)
     path = run_dir / "report.md"
     path.write_text(render_markdown(run_dir, info, metrics, confusion, calib, len(records)))
     return path

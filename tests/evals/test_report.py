@@ -1,17 +1,24 @@
-"""Run report: report.md with the headline numbers and valid PNG plots, from a small run folder written here."""
+"""Run report: report.md with the headline numbers, the confusion matrix's counts and rates, and valid PNG plots named
+after the run (report.md's links reach them), from a small run folder written here."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import matplotlib.image
 import pytest
 
-from evals.run_report import PLOTS, write_report
+from evals.run_report import confusion_rates, plot_files, write_report
 from utils.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[2]
+RUN_PLOTS = ["{}_accuracy_by_category.png", "{}_confusion_matrix.png", "{}_reliability.png"]
 
 
 def write_run(folder: Path, with_p_true: bool = True) -> Path:
@@ -45,12 +52,19 @@ def assert_png(path: Path):
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+def linked_files(report: Path) -> list[Path]:
+    """The files report.md's image links point at, resolved beside it."""
+    return [report.parent / unquote(link) for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())]
+
+
 def test_report_and_plots_written(tmp_path):
     run = write_run(tmp_path / "run")
     path = write_report(run, n_resamples=100)
     assert path == run / "report.md"
-    for name in PLOTS.values():
-        assert_png(run / name)
+    assert sorted(p.name for p in run.glob("*.png")) == sorted(name.format("run") for name in RUN_PLOTS)
+    assert linked_files(path) == list(plot_files(run).values())
+    for png in plot_files(run).values():
+        assert_png(png)
     text = path.read_text()
     for expected in (
         "tiny-qwen2vl",
@@ -61,12 +75,9 @@ def test_report_and_plots_written(tmp_path):
         "**unparseable predictions**: 1",
         "| count | 6 | 83.33% |",
         "| color | 6 | 66.67% |",
-        "| True | 5 | 1 | 0 |",  # label True: 5 right, 1 wrong, 0 unparseable
-        "| False | 1 | 4 | 1 |",
+        "| True | 5 (83.33%) | 1 (16.67%) | 0 (0.00%) |",  # label True: 5 right, 1 wrong, 0 unparseable of 6
+        "| False | 1 (16.67%) | 4 (66.67%) | 1 (16.67%) |",
         "expected calibration error",
-        "](accuracy_by_category.png)",
-        "](confusion_matrix.png)",
-        "](reliability.png)",
     ):
         assert expected in text, expected
     assert "note: metrics.json says" not in text  # metrics.json agrees with predictions.jsonl
@@ -76,8 +87,32 @@ def test_report_without_p_true_still_writes_every_plot(tmp_path):
     run = write_run(tmp_path / "run", with_p_true=False)
     text = write_report(run, n_resamples=10).read_text()
     assert "expected calibration error" not in text
-    for name in PLOTS.values():
-        assert_png(run / name)
+    for png in plot_files(run).values():
+        assert_png(png)
+
+
+def test_plot_names_and_links_follow_the_run_folder(tmp_path):
+    run = write_run(tmp_path / "zero shot #2")  # a space and a hash: the links must be quoted to reach the files
+    report = subprocess.run(
+        [sys.executable, str(REPO / "evals" / "report.py"), ".", "--n-resamples", "10"],
+        cwd=run,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    names = [name.format("zero shot #2") for name in RUN_PLOTS]
+    assert report.stdout.strip().endswith(", ".join(names))
+    assert [p.name for p in linked_files(run / "report.md")] == names
+    assert all(p.exists() for p in linked_files(run / "report.md"))
+    assert (run / "report.md").read_text().startswith("# Evaluation report: zero shot #2\n")
+
+
+def test_confusion_rates_are_shares_of_each_label():
+    confusion = {"True": {"True": 3, "False": 0, "unparseable": 1}, "False": {"True": 0, "False": 0, "unparseable": 0}}
+    rates = confusion_rates(confusion)
+    assert rates["True"] == {"True": 0.75, "False": 0.0, "unparseable": 0.25}
+    assert rates["False"] == {"True": None, "False": None, "unparseable": None}  # no example labeled False
 
 
 def test_report_needs_predictions(tmp_path):

@@ -123,7 +123,7 @@ def test_metrics_carry_consistency_and_confidence_intervals(tiny_model_dir, tmp_
     lo, hi = metrics["accuracy_ci"]
     assert lo <= metrics["accuracy"] <= hi
     assert set(metrics["categories"]) == set(metrics["accuracy_by_category"])
-    assert (out / "report.md").exists() and (out / "reliability.png").stat().st_size > 0
+    assert (out / "report.md").exists() and (out / "run_reliability.png").stat().st_size > 0
 
 
 def test_image_order_probe_swaps_only_statements_without_sides(tiny_model_dir, tmp_path, isolated_artifacts):
