@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
 from utils.artifacts import artifact_root
+from utils.atomic_write import write_bytes_atomic
 from utils.checkpoints import checkpoints, is_complete, last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ class CheckpointMirror(TrainerCallback):
             copy_atomically(src, self.dest / src.name, step=state.global_step)
             record = Path(args.output_dir) / "run_record.json"
             if record.exists():  # the run's config beside its checkpoints, so the mirror alone can be reproduced
-                shutil.copyfile(record, self.dest / f".{record.name}.tmp")
-                os.replace(self.dest / f".{record.name}.tmp", self.dest / record.name)
+                write_bytes_atomic(self.dest / record.name, record.read_bytes())
             best = state.best_global_step if (self.keep_best and args.metric_for_best_model) else None
             self.prune(best)
         except OSError:
