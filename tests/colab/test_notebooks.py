@@ -6,14 +6,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 
 import ipykernel  # noqa: F401  (the kernel nbclient starts; required, so a missing install fails)
 import nbclient
 import nbformat
 import pytest
+from nbclient.exceptions import CellExecutionError
+from tensorboard import manager
 
 COLAB = Path(__file__).resolve().parents[2] / "colab"
+RUN = "embedded-lora-notebook-test"
 
 
 def generator():
@@ -23,8 +28,7 @@ def generator():
     return module
 
 
-def execute(name: str, root: Path) -> nbformat.NotebookNode:
-    nb = nbformat.read(COLAB / name, as_version=4)
+def kernel_env(root: Path, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "VLM_STUDIES_NOTEBOOK_TEST": "1",
@@ -33,24 +37,52 @@ def execute(name: str, root: Path) -> nbformat.NotebookNode:
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # `tensorboard`
+        **extra,
     }
+    env.pop("VLM_STUDIES_REPO_URL", None)
+    return env
+
+
+def execute(nb: nbformat.NotebookNode, env: dict[str, str]) -> nbformat.NotebookNode:
     client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": COLAB}})
     client.execute(env=env)  # raises CellExecutionError (with the cell and its traceback) on the first failing cell
     return nb
 
 
-def text_of(nb) -> str:
+def outputs_text(cells) -> str:
     out = []
-    for cell in nb.cells:
+    for cell in cells:
         for o in cell.get("outputs", []):
-            out.append(o.get("text") or o.get("data", {}).get("text/plain", ""))
+            data = o.get("data", {})
+            out.append(o.get("text") or data.get("text/html") or data.get("text/plain", ""))
     return "\n".join(out)
+
+
+def stop_tensorboards(logdir: Path) -> None:
+    """End a TensorBoard server that %tensorboard started on this test's logdir and that outlived its kernel (the
+    kernel ends its children when it shuts down cleanly, not when it is killed)."""
+    for info in manager.get_all():
+        if Path(info.logdir) == logdir:
+            try:
+                os.kill(info.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(scope="module")
 def trained_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("notebooks") / "artifacts"
-    return root, execute("Train.ipynb", root)
+    nb = nbformat.read(COLAB / "Train.ipynb", as_version=4)
+    try:
+        execute(nb, kernel_env(root))
+    finally:
+        stop_tensorboards(root / "logs")
+    return root, nb
+
+
+def code_cell(nb, first_line: str):
+    return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(first_line))
 
 
 def test_notebooks_are_generated_and_clean():
@@ -61,27 +93,67 @@ def test_notebooks_are_generated_and_clean():
         assert on_disk.nbformat == 4
         code = [c for c in on_disk.cells if c.cell_type == "code"]
         assert all(not c.outputs and c.execution_count is None for c in code)
-        assert "google.colab" in code[0].source and "VLM_STUDIES_ROOT" in code[0].source
+        assert "REPO_URL =" in code[0].source and sum("REPO_URL =" in c.source for c in code) == 1
+
+
+def test_colab_setup_stops_on_the_placeholder_url(tmp_path):
+    """On Colab (google.colab importable) with REPO_URL left as shipped, setup stops with the fix before mounting."""
+    fake = tmp_path / "fake_colab" / "google" / "colab"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "drive.py").write_text("def mount(path):\n    raise AssertionError('mounted before checking REPO_URL')\n")
+    train = nbformat.read(COLAB / "Train.ipynb", as_version=4)
+    cells = [c for c in train.cells if c.cell_type == "code"][:3]  # the URL, the settings, the setup
+    assert "google.colab" in cells[2].source
+    env = kernel_env(tmp_path / "artifacts", PYTHONPATH=str(fake.parents[1]))
+    with pytest.raises(CellExecutionError, match="REPO_URL is still the placeholder") as failure:
+        execute(nbformat.v4.new_notebook(cells=cells, metadata=train.metadata), env)
+    assert "VLM_STUDIES_REPO_URL" in str(failure.value) and "mounted" not in str(failure.value)
 
 
 def test_train_notebook_runs(trained_root):
     root, nb = trained_root
-    run = "embedded-lora-notebook-test"
-    assert "3 steps; train loss" in text_of(nb)
-    mirror = root / "checkpoints" / run  # output_dir on "local disk", checkpoints mirrored into the root
+    text = outputs_text(nb.cells)
+    assert "3 steps; train loss" in text
+    mirror = root / "checkpoints" / RUN  # output_dir on "local disk", checkpoints mirrored into the root
     assert sorted(p.name for p in mirror.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
-    metrics = json.loads((root / "evals" / run / "metrics.json").read_text())
-    assert metrics["n"] == 16
-    assert list((root / "logs" / run).glob("events.out.tfevents.*"))
-    plots = root / "analysis" / "plots" / run
+    assert list((root / "logs" / RUN).glob("events.out.tfevents.*"))
+    plots = root / "analysis" / "plots" / RUN
     assert (plots / "summary.png").stat().st_size > 0 and (plots / "loss.png").stat().st_size > 0
     assert "| train/loss |" in (plots / "summary.md").read_text()
 
 
+def test_train_notebook_picks_float32_without_a_gpu(trained_root):
+    root, nb = trained_root
+    assert "dtype float32: no CUDA GPU" in outputs_text([code_cell(nb, "# Precision")])
+    command = outputs_text([code_cell(nb, "# Fine-tune")])
+    assert "--dtype float32 --bf16 false --fp16 false" in command
+    config = json.loads((root / "local_runs" / RUN / "run_record.json").read_text())["config"]  # what the run used
+    assert config["ModelConfig"]["dtype"] == "float32"
+    assert (config["SFTConfig"]["bf16"], config["SFTConfig"]["fp16"]) == (False, False)
+
+
+def test_train_notebook_caps_the_evaluation(trained_root):
+    root, nb = trained_root
+    assert "--max_eval_examples 12" in outputs_text([code_cell(nb, "# Evaluate")])
+    predictions = (root / "evals" / RUN / "predictions.jsonl").read_text().splitlines()
+    metrics = json.loads((root / "evals" / RUN / "metrics.json").read_text())
+    assert len(predictions) == metrics["n"] == 12  # the test split holds 16: the cap cut it
+
+
+def test_train_notebook_starts_tensorboard_on_the_logs(trained_root):
+    _, nb = trained_root
+    cell = code_cell(nb, "# Live curves")
+    assert all(o.output_type != "error" for o in cell.outputs)
+    shown = outputs_text([cell])  # TensorBoard's frame once its server answers, else its "ERROR: ..." message
+    assert "ERROR" not in shown and "<iframe" in shown, shown
+
+
 def test_playground_notebook_runs(trained_root):
     root, _ = trained_root
-    nb = execute("Playground.ipynb", root)
-    text = text_of(nb)
+    nb = execute(nbformat.read(COLAB / "Playground.ipynb", as_version=4), kernel_env(root))
+    text = outputs_text(nb.cells)
     assert "answer:" in text and "checkpoint-3" in text  # the mirrored adapter of the Train run
+    assert "dtype float32: no CUDA GPU" in text
     assert (root / "logs" / "playground.jsonl").exists()
     assert list((root / "analysis" / "gallery").glob("*/index.html"))
