@@ -106,9 +106,11 @@ def test_colab_setup_stops_on_the_placeholder_url(tmp_path):
     cells = [c for c in train.cells if c.cell_type == "code"][:3]  # the URL, the settings, the setup
     assert "google.colab" in cells[2].source
     env = kernel_env(tmp_path / "artifacts", PYTHONPATH=str(fake.parents[1]))
-    with pytest.raises(CellExecutionError, match="REPO_URL is still the placeholder") as failure:
+    with pytest.raises(CellExecutionError) as failure:
         execute(nbformat.v4.new_notebook(cells=cells, metadata=train.metadata), env)
-    assert "VLM_STUDIES_REPO_URL" in str(failure.value) and "mounted" not in str(failure.value)
+    error = failure.value  # ename/evalue: the raised exception itself (str() also holds the cell's source)
+    assert error.ename == "ValueError", error.evalue
+    assert "REPO_URL is still the placeholder" in error.evalue and "VLM_STUDIES_REPO_URL" in error.evalue
 
 
 def test_train_notebook_runs(trained_root):
