@@ -132,3 +132,16 @@ def batches_by_length(examples: list[Example], batch_size: int) -> Iterator[list
     )
     for start in range(0, len(order), batch_size):
         yield [examples[i] for i in order[start : start + batch_size]]
+
+
+def likelihood_accuracy(
+    model, processor, examples: list[Example], template: PromptTemplate, batch_size: int = 8
+) -> dict[str, float]:
+    """NLVR2 accuracy by answer likelihood over labelled `examples`, and the mean probability the model gives the
+    right answer (p_label: moves before the accuracy does)."""
+    right, p_label = 0, 0.0
+    for batch in batches_by_length(examples, batch_size):
+        for ex, scored in zip(batch, score_likelihood(model, processor, batch, template), strict=True):
+            right += scored.prediction == ex.label
+            p_label += scored.p_true if ex.label else 1.0 - scored.p_true
+    return {"accuracy": right / len(examples), "p_label": p_label / len(examples)}

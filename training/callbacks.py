@@ -50,6 +50,13 @@ class LabTrainingArguments:
     mirror_keep_best: bool = field(
         default=True, metadata={"help": "Also keep the best mirrored checkpoint (needs metric_for_best_model)."}
     )
+    eval_accuracy_examples: int = field(
+        default=64,
+        metadata={
+            "help": "At each evaluation (eval_strategy, eval_steps), NLVR2 accuracy by answer likelihood on the eval "
+            "split's first N labelled examples, logged as eval/accuracy and eval/p_label beside eval/loss (0: off)."
+        },
+    )
     logging_dir: str | None = field(
         default=None,
         metadata={
@@ -226,8 +233,30 @@ def mirror_dir(lab_args: LabTrainingArguments, training_args) -> Path | None:
     return dest
 
 
-def add_lab_callbacks(trainer, lab_args: LabTrainingArguments, training_args) -> CheckpointMirror | None:
-    """Point TensorBoard at its folder (recorded back into lab_args.logging_dir) and add the mirror when asked."""
+class HparamsToTensorBoard(TrainerCallback):
+    """At the end of training, the run's settings and its last eval/* figures in TensorBoard's HPARAMS tab (a
+    `hparams` run beside the run's scalars, so no point is added to its curves)."""
+
+    def __init__(self, logging_dir: str, hparams: dict):
+        self.logging_dir, self.hparams = logging_dir, hparams
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        last = {}
+        for entry in state.log_history:
+            last |= {f"final/{k}": v for k, v in entry.items() if k.startswith("eval_") and isinstance(v, int | float)}
+        with SummaryWriter(self.logging_dir) as writer:
+            writer.add_hparams(self.hparams, last or {"final/global_step": state.global_step}, run_name="hparams")
+
+
+def add_lab_callbacks(
+    trainer, lab_args: LabTrainingArguments, training_args, hparams: dict | None = None
+) -> CheckpointMirror | None:
+    """Point TensorBoard at its folder (recorded back into lab_args.logging_dir), record `hparams` there at the end,
+    and add the mirror when asked."""
     # transformers 5.x: TensorBoardCallback takes its folder from $TENSORBOARD_LOGGING_DIR only, else
     # <output_dir>/runs/<date>_<host>; its logging_dir attribute is read at on_train_begin.
     boards = [c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)]
@@ -236,6 +265,8 @@ def add_lab_callbacks(trainer, lab_args: LabTrainingArguments, training_args) ->
         for callback in boards:
             callback.logging_dir = str(logs) if logs is not None else callback.logging_dir
         lab_args.logging_dir = boards[0].logging_dir  # recorded in run_record.json (scripts/plot_run.py reads it)
+        if hparams and lab_args.logging_dir:
+            trainer.add_callback(HparamsToTensorBoard(lab_args.logging_dir, hparams))
     dest = mirror_dir(lab_args, training_args)
     if dest is None:
         return None

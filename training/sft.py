@@ -31,6 +31,7 @@ import logging
 from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from evals.scoring import likelihood_accuracy
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.models import LabModelArguments, load_model, lora_config, run_processor
 from training.pipeline import training_data
@@ -39,7 +40,7 @@ from training.trainer import LabSFTTrainer
 from training.vision_cache import use_vision_cache
 from utils.run_record import config_dict, redacted, token_to_environment, write_run_record
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import dataset_manifest
+from vlm_datasets.loading import dataset_manifest, iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def main(
         processing_class=processor,
         peft_config=lora_config(model_args, model),
     )
-    mirror = add_lab_callbacks(trainer, train_lab_args, training_args)  # TensorBoard folder, checkpoint mirror
+    # TensorBoard folder and hparams, checkpoint mirror; eval/accuracy beside eval/loss at every evaluation
+    mirror = add_lab_callbacks(trainer, train_lab_args, training_args, hparams(data_args, training_args, model_args))
+    trainer.held_out = held_out_accuracy(data_args, training_args, train_lab_args, processor, template)
     # The frozen vision tower's features computed once per image (lab_args.vision_feature_cache*; after PEFT wrapped
     # the model, so a trainable tower is seen): training/vision_cache.py
     vision_cache = use_vision_cache(trainer, lab_args, data.train, data.collator)
@@ -111,6 +114,43 @@ def main(
     if trainer.args.world_size > 1:  # the Trainer leaves the process group up; a rank exiting with it can abort
         trainer.accelerator.end_training()  # accelerate's own end: destroys the process group
     return trainer
+
+
+def held_out_accuracy(data_args: DataArguments, training_args, train_lab_args, processor, template):
+    """model -> {"accuracy", "p_label"} by answer likelihood on the eval split's first eval_accuracy_examples
+    labelled examples (loaded once); None when the run does not evaluate."""
+    n = train_lab_args.eval_accuracy_examples
+    if training_args.eval_strategy == "no" or n <= 0:
+        return None
+    rows = load_split(data_args, data_args.dataset_eval_split, limit=n)
+    examples = [ex for ex in iter_examples(rows) if ex.label is not None]
+    if not examples:
+        raise ValueError(f"eval_accuracy_examples: the eval split {data_args.dataset_eval_split!r} has no labels")
+    batch = training_args.per_device_eval_batch_size
+
+    def score(model) -> dict[str, float]:
+        return likelihood_accuracy(model, processor, examples, template, batch)
+
+    return score
+
+
+def hparams(data_args: DataArguments, training_args, model_args: ModelConfig) -> dict:
+    """The settings shown in TensorBoard's HPARAMS tab."""
+    settings = {
+        "model": model_args.model_name_or_path,
+        "peft": "lora" if model_args.use_peft else "full",
+        "load_in_4bit": model_args.load_in_4bit,
+        "lora_r": model_args.lora_r,
+        "lora_alpha": model_args.lora_alpha,
+        "learning_rate": training_args.learning_rate,
+        "batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "max_steps": training_args.max_steps,
+        "dataset_source": data_args.dataset_source,
+        "prompt_template": data_args.prompt_template,
+        "seed": training_args.seed,
+    }
+    return {k: v for k, v in settings.items() if isinstance(v, int | float | str | bool)}
 
 
 def make_parser() -> TrlParser:

@@ -13,6 +13,7 @@ training/upstream.py only under the TRL versions it was checked on; under others
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -51,7 +52,25 @@ def label_positions_only():
 
 
 class LabSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss scores only the labelled positions on every device (see the module docstring)."""
+    """SFTTrainer whose loss scores only the labelled positions on every device (see the module docstring), and
+    whose evaluation adds `held_out(model)`'s figures (e.g. NLVR2 accuracy by answer likelihood) to eval/loss: logged
+    beside it at every eval_steps, and usable as metric_for_best_model (eval_accuracy)."""
+
+    held_out: Callable[[torch.nn.Module], dict[str, float]] | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if self.held_out is None or eval_dataset is not None:
+            return metrics
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast_smart_context_manager():  # the precision training runs at (bf16 autocast, ...)
+                extra = {f"{metric_key_prefix}_{k}": v for k, v in self.held_out(self.model).items()}
+        finally:
+            self.model.train(was_training)
+        self.log(extra)
+        return metrics | extra
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with label_positions_only():
