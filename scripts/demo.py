@@ -1,7 +1,7 @@
 """The lab's main job on the embedded default, offline on a CPU: build the small base (unless already built), evaluate
 it zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, print the table and write summary.json.
 
-Each step runs the same entry point and YAML config a user runs by hand:
+Each step runs what the entry point a user runs by hand runs (its library function), with the same YAML config:
   scripts/build_embedded_model.py, evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
   training/sft.py (training/configs/embedded_lora.yaml, with batches of 96 at learning rate 1.5e-3, bf16 autocast
   on a CPU with native bf16), evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
@@ -30,11 +30,13 @@ import torch
 from trl import TrlParser
 
 from evals.evaluate import make_parser
+from evals.held_out import held_out_accuracy
 from evals.modes import finetuned, zero_shot
 from evals.prediction_files import read_prediction_records
-from training import sft
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.embedded_build import BuildArguments, build_embedded_model
+from training.fine_tuning import make_parser as sft_parser
+from training.fine_tuning import run_sft
 from training.models import cpu_has_native_bf16
 from utils.atomic_write import write_json_atomic
 
@@ -147,8 +149,8 @@ def main(args: DemoArguments) -> Path:
     if args.sft_learning_rate is not None:
         sft_overrides += ["--learning_rate", str(args.sft_learning_rate)]
     sft_overrides += _precision_overrides(args.sft_bf16)
-    sft_args = sft.make_parser().parse_args_and_config(sft_overrides)
-    trainer = sft.main(*sft_args)
+    sft_args = sft_parser().parse_args_and_config(sft_overrides)
+    trainer = run_sft(*sft_args, held_out=held_out_accuracy)
     train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
 
     print("[4/4] fine-tuned evaluation")

@@ -1,6 +1,6 @@
 """Ablation sweeps: a grid and/or named variants of overrides on a training config and an evaluation config, expanded
-into cells, each run once per seed with the normal entry points (training/sft.py, evals/finetuned.py) into
-<output_dir>/<cell>/seed-<s>/, resumable.
+into cells, each run once per seed as the normal entry points run it (training/sft.py, evals/finetuned.py) into
+<output_dir>/<cell>/seed-<s>/, resumable. The command line: scripts/sweep.py.
 
 A run folder holds train.yaml and eval.yaml (the base configs with the cell's overrides written in: each can be run by
 hand with its entry point), train/ (adapter, processor, run record), logs/ (TensorBoard), train_summary.json once
@@ -255,7 +255,7 @@ def config_texts(args: SweepArguments, run: Run) -> tuple[str, str]:
 def parse_config(path: Path, kind: str, extra: tuple[str, ...] = ()):
     """A config file parsed by its entry point's own parser (a fresh one: TrlParser keeps a config's defaults)."""
     from evals.evaluate import make_parser as eval_parser
-    from training.sft import make_parser as train_parser
+    from training.fine_tuning import make_parser as train_parser
 
     parser = train_parser() if kind == "train" else eval_parser()
     return parser.parse_args_and_config(["--config", str(path), *extra])
@@ -327,11 +327,13 @@ def _free_memory() -> None:
 
 def execute(args: SweepArguments, run: Run) -> dict:
     """Train (unless train_summary.json says it is done; from the newest complete checkpoint when there is one) and
-    evaluate one run; returns its metrics. In-process, as scripts/demo.py calls the entry points: each config is
-    parsed by the entry point's own parser and its main() called, sparing a fresh interpreter and stack import per run
-    (~7 s on 2 cores, against ~60 s runs); the trainer and model are dropped before the next run."""
+    evaluate one run; returns its metrics. In-process, as scripts/demo.py does: each config is parsed by the entry
+    point's own parser and run by the library function its main() runs (training/fine_tuning.py, evals/modes.py),
+    sparing a fresh interpreter and stack import per run (~7 s on 2 cores, against ~60 s runs); the trainer and model
+    are dropped before the next run."""
+    from evals.held_out import held_out_accuracy
     from evals.modes import finetuned
-    from training import sft
+    from training.fine_tuning import run_sft
 
     train_text, eval_text = config_texts(args, run)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +346,7 @@ def execute(args: SweepArguments, run: Run) -> dict:
             shutil.rmtree(train_dir, ignore_errors=True)  # a killed start with no checkpoint: begin again
         start = time.time()
         extra = ("--resume_from_checkpoint", "true") if resume else ()
-        trainer = sft.main(*parse_config(run.dir / "train.yaml", "train", extra))
+        trainer = run_sft(*parse_config(run.dir / "train.yaml", "train", extra), held_out=held_out_accuracy)
         history = trainer.state.log_history
         losses = [e["loss"] for e in history if "loss" in e]
         summary = {

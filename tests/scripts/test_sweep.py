@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from evals import finetuned
+from evals import modes
 from scripts.sweep import main
 from scripts.sweeps import SweepArguments
-from training import sft
+from training import fine_tuning
 
 
 def tiny_sweep(tmp_path: Path, tiny_model_dir: Path, **kwargs) -> SweepArguments:
@@ -48,11 +48,11 @@ def tiny_sweep(tmp_path: Path, tiny_model_dir: Path, **kwargs) -> SweepArguments
 def calls(monkeypatch):
     """The cells trained and evaluated, by name; the evaluation of the second cell is killed once if asked."""
     seen = {"train": [], "eval": [], "kill_second_eval": False}
-    train, evaluate = sft.main, finetuned.main
+    train, evaluate = fine_tuning.run_sft, modes.finetuned
 
-    def spy_train(*args):
+    def spy_train(*args, **kwargs):
         seen["train"].append(Path(args[1].output_dir).parts[-3])
-        return train(*args)
+        return train(*args, **kwargs)
 
     def spy_eval(*args):
         seen["eval"].append(Path(args[0].output_dir).parts[-2])
@@ -60,8 +60,8 @@ def calls(monkeypatch):
             raise KeyboardInterrupt  # as a kill while the second cell is being evaluated
         return evaluate(*args)
 
-    monkeypatch.setattr(sft, "main", spy_train)
-    monkeypatch.setattr(finetuned, "main", spy_eval)
+    monkeypatch.setattr(fine_tuning, "run_sft", spy_train)
+    monkeypatch.setattr(modes, "finetuned", spy_eval)
     return seen
 
 
