@@ -1,5 +1,6 @@
 # make demo: set up .venv (if needed) and run the main job on the embedded default.
 # make test: set up .venv (if needed) and run the test suite offline.
+# make lint: ruff (lint, then format check) and the import layers check (tests/test_layers.py).
 # make lock: re-resolve requirements.txt to the newest versions its ranges admit, pin them in constraints.txt, test.
 # .venv installs the pinned stack: requirements.txt's ranges, constrained to constraints.txt's exact versions.
 PYTHON ?= python3
@@ -26,7 +27,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m pytest -q tests/test_layers.py
 
 lock:
 	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
