@@ -1,6 +1,7 @@
-"""A static HTML gallery of examples: images side by side, sentence, label, categories and each run's answer; or,
-for a composed VLM's rows (GalleryItem.text), the images, the question, the references and each run's generated text
-with its score.
+"""A static HTML gallery of examples as a grid of cards: images side by side, sentence, label, categories, each run's
+answer and the UID cache's tags and note; or, for a composed VLM's rows (GalleryItem.text), the images, the question,
+the references and each run's generated text with its score. Controls above the cards re-sort and filter them in the
+page (evals/gallery_controls.py); the page needs no network.
 
 Every piece of text on the page goes through html.escape; image files are named from sanitized uids
 (utils.file_names), or the images are embedded as data URIs so the page is one self-contained file.
@@ -17,28 +18,43 @@ from pathlib import Path
 
 from PIL import Image
 
-from evals.uid_selection import is_right
+from evals.gallery_controls import SCRIPT, SORTS, CardFacts, card_attributes, controls, ordered, ranks, verdict
 from utils.atomic_write import write_text_atomic
 from utils.file_names import image_file_name, safe_stem
+from utils.uid_bookmarks import Bookmark
 from vlm_datasets.example import Example
 
 IMAGE_DIR = "images"
 SMALL = 200  # pixels: smaller images are scaled up without smoothing (the synthetic 56x56 ones)
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
-.about { color: #555; margin: 0.2rem 0; }
-.example { border: 1px solid #ccc; border-radius: 6px; padding: 0.8rem 1rem; margin: 1rem 0; }
-.example h2 { font-size: 1rem; margin: 0 0 0.5rem; }
-.tag { background: #eef; border-radius: 3px; padding: 0 0.4rem; margin-left: 0.4rem; font-weight: normal; }
-.pair { display: flex; gap: 1rem; }
-figure { margin: 0; flex: 0 1 auto; max-width: 48%; }
-figure img { max-width: 100%; max-height: 320px; border: 1px solid #ddd; }
-figure img.small { width: 224px; image-rendering: pixelated; }
-.sentence { font-size: 1.1rem; margin: 0.6rem 0 0.3rem; }
-table { border-collapse: collapse; } td, th { padding: 0.15rem 0.6rem; text-align: left; }
+body { font-family: system-ui, sans-serif; margin: 1rem 1.5rem; color: #222; }
+h1 { font-size: 1.3rem; margin: 0 0 0.3rem; }
+.about { color: #555; margin: 0.1rem 0; font-size: 0.85rem; }
+form.controls { display: flex; flex-wrap: wrap; align-items: center; gap: 0.3rem 1.2rem; margin: 0.6rem 0;
+  padding: 0.4rem 0.7rem; background: #f2f3f7; border-radius: 6px; font-size: 0.9rem; position: sticky; top: 0; }
+form.controls output { color: #555; margin-left: auto; }
+main.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 0.7rem;
+  align-items: start; }
+.example { border: 1px solid #ccc; border-radius: 6px; padding: 0.5rem 0.6rem; font-size: 0.85rem; min-width: 0; }
+.example[hidden], p.none[hidden] { display: none; }
+.example h2 { font-size: 0.85rem; margin: 0 0 0.3rem; overflow-wrap: anywhere; }
+.tag { background: #eef; border-radius: 3px; padding: 0 0.3rem; margin-left: 0.3rem; font-weight: normal; }
+.pair { display: flex; gap: 0.4rem; }
+figure { margin: 0; flex: 1 1 0; min-width: 0; }
+figure img { display: block; width: 100%; height: 130px; object-fit: contain; background: #fafafa;
+  border: 1px solid #ddd; box-sizing: border-box; }
+figure img.small { image-rendering: pixelated; }
+figcaption { font-size: 0.75rem; color: #666; }
+.sentence { font-size: 0.95rem; margin: 0.35rem 0 0.2rem; overflow-wrap: anywhere; }
+.label { margin: 0.1rem 0; }
+table { border-collapse: collapse; width: 100%; } td, th { padding: 0.05rem 0.3rem; text-align: left; }
+td { overflow-wrap: anywhere; }
 tr.right td:last-child { color: #080; } tr.wrong td:last-child { color: #b00; }
-.turn { color: #555; margin: 0.2rem 0; } ol.references { margin: 0.2rem 0 0.6rem; }
+.bookmark { margin: 0.3rem 0 0; padding: 0.2rem 0.4rem; background: #fff5d1; border-radius: 4px; }
+.mark { background: #f5d36b; border-radius: 3px; padding: 0 0.3rem; margin-right: 0.3rem; }
+.note { white-space: pre-line; color: #5a4a10; overflow-wrap: anywhere; }
+.turn { color: #555; margin: 0.2rem 0; } ol.references { margin: 0.2rem 0 0.4rem; padding-left: 1.4rem; }
 """
 
 
@@ -60,6 +76,11 @@ class GalleryItem:
     categories: list[str] = field(default_factory=list)
     answers: list[tuple[str, dict | None]] = field(default_factory=list)  # (run name, its record or None)
     text: GeneratedText | None = None  # None: a True/False item (answers hold prediction, p_true)
+    bookmark: Bookmark | None = None  # the UID cache's entry: tags and note shown on the card
+
+    def facts(self) -> CardFacts:
+        """What the page's orders and filters look at."""
+        return CardFacts(self.example.uid, self.categories, [rec for _, rec in self.answers], self.example.label)
 
 
 def _side(index: int, count: int) -> str:
@@ -87,16 +108,15 @@ def image_sources(example: Example, out_dir: Path, embed: bool) -> list[str]:
 
 def _answer_row(run: str, record: dict | None, label: bool | None) -> str:
     if record is None:
-        cells, verdict, css = ("no prediction", ""), "", ""
+        cells, word, css = ("no prediction", ""), "", ""
     else:
         pred = record["prediction"]
         p_true = record.get("p_true")
         cells = ("unparseable" if pred is None else str(pred), "" if p_true is None else f"{p_true:.3f}")
-        right = is_right(record, label)
-        verdict, css = {True: ("right", "right"), False: ("wrong", "wrong"), None: ("", "")}[right]
+        word, css = {True: ("right", "right"), False: ("wrong", "wrong"), None: ("", "")}[verdict(record, label)]
         if record.get("raw"):
             cells = (f"{cells[0]} ({record['raw']!r})", cells[1])
-    tds = "".join(f"<td>{escape(c)}</td>" for c in (run, *cells, verdict))
+    tds = "".join(f"<td>{escape(c)}</td>" for c in (run, *cells, word))
     return f'<tr class="{css}">{tds}</tr>'
 
 
@@ -120,8 +140,7 @@ def _text_row(run: str, record: dict | None) -> str:
         scores = record.get("scores") or {}
         shown = ", ".join(f"{SCORE_NAMES.get(k, k)} {v:.3g}" for k, v in scores.items())
         cells = (record["prediction"] or "(empty)", shown)
-        em = scores.get("exact_match")
-        css = "" if em is None else ("right" if em == 1 else "wrong")
+        css = {True: "right", False: "wrong", None: ""}[verdict(record, None)]
     tds = "".join(f"<td>{escape(c)}</td>" for c in (run, *cells))
     return f'<tr class="{css}">{tds}</tr>'
 
@@ -140,9 +159,16 @@ def _text_parts(item: GalleryItem) -> list[str]:
     return parts
 
 
-def render_item(item: GalleryItem, sources: Sequence[str]) -> str:
-    ex = item.example
-    tags = "".join(f'<span class="tag">{escape(c)}</span>' for c in item.categories)
+def _bookmark(mark: Bookmark | None) -> list[str]:
+    """The UID cache's tags and note."""
+    if mark is None:
+        return []
+    tags = "".join(f'<span class="mark">{escape(t)}</span>' for t in mark.tags or ["bookmarked"])
+    note = f'<span class="note">{escape(mark.note)}</span>' if mark.note else ""
+    return [f'<p class="bookmark">{tags}{note}</p>']
+
+
+def _figures(ex: Example, sources: Sequence[str]) -> str:
     figures = []
     for i, (src, image) in enumerate(zip(sources, ex.images, strict=True)):
         side = _side(i, len(ex.images))
@@ -152,27 +178,60 @@ def render_item(item: GalleryItem, sources: Sequence[str]) -> str:
             f'<figure><img src="{escape(src)}" alt="{alt}"{small}>'
             f"<figcaption>{escape(side)} ({image.size[0]}x{image.size[1]})</figcaption></figure>"
         )
+    return f'<div class="pair">{"".join(figures)}</div>'
+
+
+def render_item(item: GalleryItem, sources: Sequence[str], rank: dict[str, int] | None = None) -> str:
+    """One card; `rank`: its place under each of the page's orders (default: first under all)."""
+    ex = item.example
+    tags = "".join(f'<span class="tag">{escape(c)}</span>' for c in item.categories)
+    rank = rank or dict.fromkeys(SORTS, 0)
+    marks = None if item.bookmark is None else item.bookmark.tags
     parts = [
-        f'<section class="example" id="{escape(safe_stem(ex.uid))}">',
+        f'<section class="example" id="{escape(safe_stem(ex.uid))}"{card_attributes(item.facts(), marks, rank)}>',
         f"<h2><code>{escape(ex.uid)}</code>{tags}</h2>",
-        f'<div class="pair">{"".join(figures)}</div>',
+        _figures(ex, sources),
         *(_text_parts(item) if item.text is not None else _label_parts(item)),
+        *_bookmark(item.bookmark),
+        "</section>",
     ]
-    parts.append("</section>")
     return "\n".join(parts)
 
 
+def _controls(items: Sequence[GalleryItem], sort: str) -> str:
+    """The controls for what this page holds: its runs, categories, bookmarks and their tags."""
+    marks = [item.bookmark for item in items if item.bookmark is not None]
+    categories = sorted({c for item in items for c in item.categories})
+    tags = sorted({t for mark in marks for t in mark.tags})
+    runs = max((len(item.answers) for item in items), default=0)
+    texts = bool(items) and all(item.text is not None for item in items)
+    return controls(sort, categories, tags, runs, bookmarks=bool(marks), texts=texts)
+
+
 def write_gallery(
-    items: Sequence[GalleryItem], out_dir: str | Path, title: str, about: Sequence[str] = (), embed: bool = False
+    items: Sequence[GalleryItem],
+    out_dir: str | Path,
+    title: str,
+    about: Sequence[str] = (),
+    embed: bool = False,
+    sort: str = "selection",
 ) -> Path:
-    """Write out_dir/index.html (and out_dir/images/*.png unless embed); returns the page's path."""
+    """Write out_dir/index.html (and out_dir/images/*.png unless embed); returns the page's path. `items` in the
+    selection's order; the cards in `sort` order (evals/gallery_controls.SORTS), the page's controls re-sort them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = [render_item(item, image_sources(item.example, out_dir, embed)) for item in items]
+    facts = [item.facts() for item in items]
+    places = ranks(facts)
+    cards = [
+        render_item(items[i], image_sources(items[i].example, out_dir, embed), places[i]) for i in ordered(facts, sort)
+    ]
     about_html = "".join(f'<p class="about">{escape(line)}</p>' for line in about)
     page = (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{escape(title)}</h1>\n{about_html}\n" + "\n".join(sections) + "\n</body>\n</html>\n"
+        f"<h1>{escape(title)}</h1>\n{about_html}\n{_controls(items, sort)}\n"
+        '<main class="cards">\n' + "\n".join(cards) + "\n</main>\n"
+        '<p class="none" hidden>No example matches these filters.</p>\n'
+        f"{SCRIPT}\n</body>\n</html>\n"
     )
     return write_text_atomic(out_dir / "index.html", page)

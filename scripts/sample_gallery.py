@@ -10,6 +10,10 @@ python scripts/sample_gallery.py --config evals/configs/embedded_zero_shot.yaml 
 python scripts/sample_gallery.py --config evals/configs/embedded_zero_shot.yaml \
     --run artifacts/evals/embedded-zero-shot --wrong --category negation --p-true-min 0.8
 
+# The 48 most confidently wrong answers first (distance of p_true from the label), then by category or uid
+python scripts/sample_gallery.py --config evals/configs/embedded_zero_shot.yaml \
+    --run artifacts/evals/embedded-zero-shot --wrong --sort confidence --limit 48
+
 # Flips between two runs (A then B): wrong -> right, or right -> wrong
 python scripts/sample_gallery.py --config evals/configs/embedded_finetuned.yaml \
     --run artifacts/evals/embedded-zero-shot --run artifacts/evals/embedded-finetuned --flip wrong_to_right
@@ -27,7 +31,10 @@ python scripts/sample_gallery.py --run artifacts/checkpoints/gpt2v-embedded-stag
     --run artifacts/checkpoints/tinyvlm-embedded-stage2 --uid capsyn_eval-3 --uid capsyn_eval-4
 
 Writes <out>/index.html, <out>/images/*.png (unless --embed) and <out>/uids.txt; prints the page's path.
-Default out: <artifact root>/analysis/gallery/<a name built from the selection>.
+Default out: <artifact root>/analysis/gallery/<a name built from the selection>. The page is a grid of cards, in
+--sort order (before --limit cuts), each with the UID cache's tags and note; its controls re-sort (as selected,
+confidently wrong first, category, uid) and filter (wrong, flipped, category, bookmarked, tag), also from the URL hash:
+index.html#sort=confidence&wrong=1&category=negation&flip=wrong_to_right&bookmarked=1&tag=odd.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import typer
 
 from evals.caption_runs import SCORES, CaptionRun, caption_item, caption_runs, describe, find_rows, worst_first
 from evals.comparison import FLIPS
+from evals.gallery_controls import CardFacts, Sort, ordered
 from evals.gallery_page import GalleryItem, write_gallery
 from evals.prediction_files import load_annotations
 from evals.uid_selection import Run, flips, gold_labels, load_runs, p_true_band, run_categories, wrong
@@ -123,6 +131,20 @@ class Source:
         if self.index is None:
             self.index = split_index(self.data_args, self.split)
         return self.index
+
+    def _row(self, uid: str) -> dict:
+        """The split's text columns for uid (train_vlm runs: none, their rows are read with the images)."""
+        return {} if self.texts else self.split_index().get(uid) or {}
+
+    def categories(self, uid: str) -> list[str]:
+        """train_vlm runs: the row's task (from the run); True/False: the runs', the example's own and phenomena."""
+        row = self._row(uid)  # runs need not carry sentences: the split's do
+        return _categories(self.runs, uid, row.get("meta", {}), row.get("sentence") or "", self.phenomena)
+
+    def facts(self, uid: str) -> CardFacts:
+        """What the page's orders look at, as its card will show them, without decoding an image."""
+        answers = [r.records.get(uid) for r in self.runs]
+        return CardFacts(uid, self.categories(uid), answers, self._row(uid).get("label"))
 
     def data_lines(self) -> list[str]:
         """The page's lines naming the data."""
@@ -254,17 +276,10 @@ def _p_true(source: Source, chosen: Selection, filters: Filters) -> Selection:
 
 
 def _in_category(source: Source, chosen: Selection, filters: Filters) -> Selection:
-    """train_vlm runs: the row's task (from the run); True/False: the runs', the examples' own and phenomena."""
     if not filters.category:
         return chosen
-    rows = {} if source.texts else source.split_index()  # runs need not carry sentences: the split's do
-
-    def categories(u: str) -> list[str]:
-        row = rows.get(u) or {}
-        return _categories(source.runs, u, row.get("meta", {}), row.get("sentence") or "", source.phenomena)
-
     wanted = set(filters.category)
-    return chosen.keep([u for u in chosen.uids if set(categories(u)) & wanted], *filters.category)
+    return chosen.keep([u for u in chosen.uids if set(source.categories(u)) & wanted], *filters.category)
 
 
 def _random(source: Source, chosen: Selection, filters: Filters) -> Selection:
@@ -286,6 +301,23 @@ def narrow(source: Source, chosen: Selection, filters: Filters) -> Selection:
     return chosen
 
 
+def sorted_choice(source: Source, chosen: Selection, sort: str) -> Selection:
+    """The chosen uids in the page's order (evals/gallery_controls.SORTS), before --limit cuts."""
+    if sort == "selection":
+        return chosen
+    order = ordered([source.facts(u) for u in chosen.uids], sort)
+    return chosen.keep([chosen.uids[i] for i in order], f"by-{sort}")
+
+
+def add_bookmarks(items: dict[str, GalleryItem], cache: Path | None) -> Path | None:
+    """Each item's UID cache entry (tags, note); returns the cache's path when one of the items has an entry."""
+    store = UidCache(cache)
+    marks = {e.uid: e for e in store.entries()}
+    for uid, item in items.items():
+        item.bookmark = marks.get(uid)
+    return store.path if any(u in marks for u in items) else None
+
+
 def load_items(source: Source, uids: list[str]) -> dict[str, GalleryItem]:
     """The page's items by uid: train_vlm rows rebuilt from the data their run names, or the split's examples."""
     if source.texts:
@@ -295,12 +327,14 @@ def load_items(source: Source, uids: list[str]) -> dict[str, GalleryItem]:
     return {u: gallery_item(ex, source.runs, source.phenomena) for u, ex in examples.items()}
 
 
-def page_notes(source: Source, chosen: Selection, n_items: int, limit: int) -> list[str]:
-    """The lines above the items: data, runs, the selection (and what --limit cut), when it was written."""
+def page_notes(source: Source, chosen: Selection, n_items: int, limit: int, cache: Path | None = None) -> list[str]:
+    """The lines above the items: data, runs, the UID cache shown, the selection (and what --limit cut), when it was
+    written."""
     total = len(chosen.uids)
     notes = [
         *source.data_lines(),
         *(f"run {chr(65 + i)}: {r.name} ({r.path})" for i, r in enumerate(source.runs)),
+        *([f"tags and notes: UID cache {cache}"] if cache else []),
         f"selection: {' / '.join(chosen.name)}; {n_items} examples"
         + (f" (the first {limit} of {total}: raise --limit)" if total > limit else ""),
         f"written {datetime.now(UTC).isoformat(timespec='seconds')}",
@@ -308,10 +342,14 @@ def page_notes(source: Source, chosen: Selection, n_items: int, limit: int) -> l
     return notes if n_items else [*notes, "No example matched the selection."]
 
 
-def write_page(items: dict[str, GalleryItem], out_dir: Path, name: list[str], notes: list[str], embed: bool) -> Path:
-    """index.html (and images/ unless embed) and uids.txt, the uids shown in page order; returns index.html."""
-    page = write_gallery(list(items.values()), out_dir, f"Gallery: {' / '.join(name)}", notes, embed=embed)
-    (out_dir / "uids.txt").write_text("".join(f"{u}\n" for u in items), encoding="utf-8")
+def write_page(
+    items: dict[str, GalleryItem], shown: Selection, notes: list[str], out_dir: Path, embed: bool, sort: str
+) -> Path:
+    """index.html (and images/ unless embed) and uids.txt, the uids shown in page order; returns index.html. `items`
+    in the selection's order (the page's "as selected"), `shown` in the page's."""
+    title = f"Gallery: {' / '.join(shown.name)}"
+    page = write_gallery(list(items.values()), out_dir, title, notes, embed=embed, sort=sort)
+    (out_dir / "uids.txt").write_text("".join(f"{u}\n" for u in shown.uids), encoding="utf-8")
     return page
 
 
@@ -346,6 +384,7 @@ def main(
     p_true_max: Annotated[float | None, Opt(help="Only first-run p_true <= this.")] = None,
     n_random: Annotated[int | None, Opt("--random", help="A seeded random draw of N of the selected uids.")] = None,
     seed: Annotated[int, Opt(help="Seed of the random draw.")] = 0,
+    sort: Annotated[Sort, Opt(help="The page's order (before --limit cuts); the page re-sorts.")] = "selection",
     limit: Annotated[int, Opt(help="At most this many examples on the page.")] = 200,
     out: Annotated[Path | None, Opt(help="Output folder (default under <root>/analysis/gallery).")] = None,
     embed: Annotated[bool, Opt(help="Images as data URIs inside index.html instead of PNG files.")] = False,
@@ -360,9 +399,13 @@ def main(
 
     source = load_source(list(run or []), data, filters)
     chosen = narrow(source, first_choice(source, picks), filters)
-    items = load_items(source, chosen.uids[:limit])
-    out_dir = Path(out) if out else artifact_dir("analysis") / "gallery" / _slug(chosen.name)
-    page = write_page(items, out_dir, chosen.name, page_notes(source, chosen, len(items), limit), embed)
+    in_order = sorted_choice(source, chosen, sort)
+    shown = in_order.keep(in_order.uids[:limit])
+    kept = set(shown.uids)
+    items = load_items(source, [u for u in chosen.uids if u in kept])
+    cache = add_bookmarks(items, uid_cache)
+    out_dir = Path(out) if out else artifact_dir("analysis") / "gallery" / _slug(in_order.name)
+    page = write_page(items, shown, page_notes(source, in_order, len(items), limit, cache), out_dir, embed, sort)
     print(page)
     return page
 

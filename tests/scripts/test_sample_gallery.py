@@ -1,8 +1,9 @@
-"""The gallery: each way of choosing uids on fixture runs, escaping of hostile text, file names from odd uids, and
-a headless Chromium rendering in which every image loads and the sentence shows as text. Composed-VLM runs (real
-training/train_vlm.py runs of two steps): generated text, references, per-row scores and the images of the data their
-run_record.json names (synthetic by seed, COCO layout, LLaVA JSON, a hub-style parquet folder), and the errors for
-rows that data lacks."""
+"""The gallery: each way of choosing uids on fixture runs, the --sort orders, the UID cache's tags and notes on the
+cards, escaping of hostile text, file names from odd uids, and headless Chromium renderings: every image loads and the
+sentence shows as text; at 1400x1800 at least 8 whole cards fit the first screen; the URL hash and the controls
+re-sort and filter the cards as the command line would. Composed-VLM runs (real training/train_vlm.py runs of two
+steps): generated text, references, per-row scores and the images of the data their run_record.json names (synthetic
+by seed, COCO layout, LLaVA JSON, a hub-style parquet folder), and the errors for rows that data lacks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 from html import escape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import datasets
@@ -25,11 +27,31 @@ from utils.errors import DataError
 from utils.file_names import safe_stem
 from utils.uid_bookmarks import UidCache
 from vlm_datasets.captions import synthetic_rows
-from vlm_datasets.example_lookup import random_draw
+from vlm_datasets.example_lookup import data_arguments, random_draw, split_index
 
 
 def chosen(page: Path) -> list[str]:
     return (page.parent / "uids.txt").read_text().splitlines()
+
+
+class Cards(HTMLParser):
+    """The cards of a page (or of the DOM Chromium dumps) in document order: (uid, hidden)."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.cards: list[tuple[str, bool]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section" and attrs.get("class") == "example":
+            self.cards.append((attrs["data-uid"], "hidden" in attrs))
+
+    def order(self) -> list[str]:
+        return [uid for uid, _ in self.cards]
+
+    def shown(self) -> list[str]:
+        return [uid for uid, hidden in self.cards if not hidden]
 
 
 def positions(split_rows, keep) -> list[str]:
@@ -129,6 +151,52 @@ def test_bad_selections_are_refused(synthetic_config, split_rows, runs, tmp_path
         sample_gallery.main(config=synthetic_config, run=[a], out=tmp_path / "g")
 
 
+def test_sort_orders_the_page_before_the_limit_cuts(synthetic_config, split_rows, runs, tmp_path):
+    a, b = runs
+    uids = list(split_rows)
+
+    def pick(**kw):
+        page = sample_gallery.main(config=synthetic_config, out=tmp_path / "g", **kw)
+        assert Cards(page.read_text()).order() == chosen(page)  # the cards in uids.txt's order
+        return chosen(page)
+
+    # run A's p_true is i / 23: its distance from the label, largest (most confidently wrong) first, ties as selected
+    distance = {u: abs(r["label"] - i / (len(uids) - 1)) for i, (u, r) in enumerate(split_rows.items())}
+    by_confidence = sorted(uids, key=lambda u: -distance[u])
+    assert pick(run=[a, b], sort="confidence") == by_confidence != uids
+    assert pick(run=[a, b], sort="confidence", limit=5) == by_confidence[:5]  # the 5 most confident, not the first 5
+    wrong_a = set(pick(run=[a], wrong_only=True))
+    assert pick(run=[a], wrong_only=True, sort="confidence") == [u for u in by_confidence if u in wrong_a]
+    assert pick(run=[a], sort="category") == sorted(uids, key=lambda u: split_rows[u]["meta"]["category"])
+    assert pick(uid=[uids[5], uids[2]], sort="confidence") == [uids[5], uids[2]]  # no run, no p_true: as given
+    many = list(split_index(data_arguments(synthetic_config, synthetic_eval_size=48), "test"))  # syn_test-0 .. -11
+    by_uid = pick(uid=many[::-1], synthetic_eval_size=48, sort="uid")
+    assert by_uid == many != sorted(many)  # syn_test-2-... before syn_test-10-...
+    with pytest.raises(ValueError, match="sort 'loudest' unknown"):
+        pick(run=[a], sort="loudest")
+
+
+def test_cards_show_the_uid_caches_tags_and_notes(synthetic_config, split_rows, tmp_path):
+    uids = list(split_rows)
+    cache = UidCache(tmp_path / "cache.json")
+    cache.add(uids[3], ["odd", "<i>x</i>"], "right image looks <b>empty</b>")
+    cache.add(uids[3], [], "second look: fine")
+    cache.add(uids[6])
+    page = sample_gallery.main(config=synthetic_config, uid=uids[2:7], uid_cache=cache.path, out=tmp_path / "g")
+    html = page.read_text()
+    marked = section(html, uids[3])
+    assert '<span class="mark">odd</span><span class="mark">&lt;i&gt;x&lt;/i&gt;</span>' in marked
+    assert '<span class="note">right image looks &lt;b&gt;empty&lt;/b&gt;\nsecond look: fine</span>' in marked
+    assert '<span class="mark">bookmarked</span>' in section(html, uids[6])  # no tag
+    assert 'class="bookmark"' not in section(html, uids[4])
+    assert f"tags and notes: UID cache {cache.path}" in html
+    unmarked = sample_gallery.main(config=synthetic_config, uid=[uids[4]], uid_cache=cache.path, out=tmp_path / "h")
+    assert "tags and notes" not in unmarked.read_text()
+    cache.path.write_text('{"entries": [')
+    with pytest.raises(DataError, match=f"{re.escape(str(cache.path))}: UID cache is not valid JSON"):
+        sample_gallery.main(config=synthetic_config, uid=[uids[4]], uid_cache=cache.path, out=tmp_path / "h")
+
+
 def odd_gallery(manifest: Path, out: Path, embed: bool = False) -> Path:
     """The odd_manifest fixture's two examples, the odd uid first."""
     uids = [json.loads(line)["uid"] for line in (manifest / "dev.jsonl").read_text().splitlines()][::-1]
@@ -139,7 +207,7 @@ def odd_gallery(manifest: Path, out: Path, embed: bool = False) -> Path:
 def test_text_is_escaped_and_file_names_are_sanitized(odd_manifest, tmp_path):
     out = tmp_path / "gallery"
     html = odd_gallery(odd_manifest, out).read_text()
-    assert "<script>" not in html and "<b>not bold</b>" not in html
+    assert html.count("<script>") == 1 and "<script>window" not in html and "<b>not bold</b>" not in html  # ours only
     assert "&lt;script&gt;window.pwned = 1&lt;/script&gt; &amp; &quot;quotes&quot; &lt;b&gt;not bold&lt;/b&gt;" in html
     assert "odd/../uid &lt;1&gt;&amp;2" in html
     names = sorted(p.name for p in (out / "images").iterdir())
@@ -196,6 +264,116 @@ def test_gallery_renders_in_headless_chromium(odd_manifest, tmp_path, embed):
         assert any(n > 500 and c[0] < 80 and c[2] > 180 for n, c in colors)
 
 
+SCREEN = (1400, 1800)
+FIRST_SCREEN = """<script>
+window.addEventListener("load", () => {  // layout depends on the width only: a card whose bottom is above 1800 px
+  const inside = (r, box) => r.left >= box.left && r.right <= box.right && r.top >= box.top && r.bottom <= box.bottom;
+  const screen = {left: 0, top: 0, right: innerWidth, bottom: HEIGHT};
+  const cards = Array.from(document.querySelectorAll("section.example"));
+  const whole = cards.filter(c => !c.hidden && inside(c.getBoundingClientRect(), screen));
+  const fitted = cards.every(c => Array.from(c.querySelectorAll("img"))
+    .every(i => inside(i.getBoundingClientRect(), c.getBoundingClientRect())));
+  const loaded = Array.from(document.images).every(i => i.complete && i.naturalWidth > 0);
+  document.title = `width:${innerWidth}:whole:${whole.length}:of:${cards.length}:fitted:${fitted}:loaded:${loaded}`;
+});
+</script>
+</body>""".replace("HEIGHT", str(SCREEN[1]))
+
+
+def bookmarked_runs_gallery(config: Path, runs, uids: list[str], out: Path, **kw) -> Path:
+    """The 24 synthetic examples with runs A and B and three bookmarks (tag odd twice, one with a note)."""
+    cache = UidCache(out.parent / f"{out.name}-cache.json")
+    cache.add(uids[1], ["odd"], "right image looks empty")
+    cache.add(uids[6], ["odd", "shape"])
+    cache.add(uids[9], [], "count again")
+    return sample_gallery.main(config=config, run=list(runs), uid_cache=cache.path, out=out, **kw)
+
+
+def big_image_gallery(folder: Path, out: Path) -> Path:
+    """8 examples whose images (1600x400 and 300x1200) are far larger than a card, sentences of 1 to 3 lines."""
+    folder.mkdir()
+    Image.new("RGB", (1600, 400), (200, 30, 30)).save(folder / "wide.png")
+    Image.new("RGB", (300, 1200), (30, 60, 220)).save(folder / "tall.png")
+    sentences = ["A wide image beside a tall one. " * (1 + i % 3) for i in range(8)]
+    records = [{"uid": f"big-{i}", "images": ["wide.png", "tall.png"][:: 1 if i % 2 else -1], "sentence": sentence,
+                "label": i % 2 == 1} for i, sentence in enumerate(sentences)]  # fmt: skip
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return sample_gallery.main(dataset_source="jsonl", dataset_path=str(folder), split="dev", out=out)
+
+
+def first_screen(page: Path, profile: str) -> str:
+    """The FIRST_SCREEN title of `page` rendered SCREEN wide."""
+    check = page.with_name("check.html")
+    check.write_text(page.read_text().replace("</body>", FIRST_SCREEN))
+    dom = chromium(profile, "--dump-dom", f"--window-size={SCREEN[0]},{SCREEN[1]}", check.as_uri())
+    return re.search(r"<title>(.*)</title>", dom).group(1)
+
+
+def test_cards_fit_the_first_screen_at_1400x1800(synthetic_config, split_rows, runs, tmp_path):
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    page = bookmarked_runs_gallery(synthetic_config, runs, list(split_rows), tmp_path / "runs")
+    width, whole, total, fitted, loaded = re.fullmatch(
+        r"width:(\d+):whole:(\d+):of:(\d+):fitted:(\w+):loaded:(\w+)", first_screen(page, profile)
+    ).groups()
+    assert (int(width), int(total), fitted, loaded) == (SCREEN[0], 24, "true", "true") and int(whole) >= 8
+    big = big_image_gallery(tmp_path / "big_data", tmp_path / "big")
+    assert first_screen(big, profile) == f"width:{SCREEN[0]}:whole:8:of:8:fitted:true:loaded:true"  # scaled to fit
+    shot = tmp_path / "gallery.png"
+    chromium(profile, f"--screenshot={shot}", f"--window-size={SCREEN[0]},{SCREEN[1]}", page.as_uri())
+    with Image.open(shot) as im:
+        assert im.size == SCREEN
+        colors = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    # the bookmark band's yellow and the synthetic shapes' blue are on screen
+    assert any(n > 500 and c == (255, 245, 209) for n, c in colors)
+    assert any(n > 500 and c[0] < 80 and c[2] > 180 for n, c in colors)
+
+
+CONTROLS = """<script>
+window.addEventListener("load", () => {  // a user choosing "uid" then ticking "wrong"
+  const form = document.querySelector("form.controls");
+  form.elements.sort.value = "uid";
+  form.elements.sort.dispatchEvent(new Event("change", {bubbles: true}));
+  form.elements.wrong.checked = true;
+  form.elements.wrong.dispatchEvent(new Event("change", {bubbles: true}));
+  document.title = location.hash;
+});
+</script>
+</body>"""
+
+
+def test_url_hash_and_controls_sort_and_filter_as_the_command_line(synthetic_config, split_rows, runs, tmp_path):
+    uids = list(split_rows)
+    page = bookmarked_runs_gallery(synthetic_config, runs, uids, tmp_path / "page")
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+
+    def dump(fragment: str, url: Path = page) -> Cards:
+        return Cards(chromium(profile, "--dump-dom", f"{url.as_uri()}#{fragment}"))
+
+    def cli(**kw) -> list[str]:
+        return chosen(sample_gallery.main(config=synthetic_config, out=tmp_path / "cli", **kw))
+
+    a, b = runs
+    assert dump("").order() == dump("").shown() == uids
+    for sort in ("confidence", "category", "uid"):  # the page's ranks give the command line's orders
+        assert dump(f"sort={sort}").order() == cli(run=[a, b], sort=sort)
+    assert dump("wrong=1").shown() == cli(run=[a], wrong_only=True)
+    assert dump("sort=confidence&wrong=1").shown() == cli(run=[a], wrong_only=True, sort="confidence")
+    flips = {flip: cli(run=[a, b], flip=flip) for flip in ("wrong_to_right", "right_to_wrong")}
+    for flip, flipped in flips.items():
+        assert dump(f"flip={flip}").shown() == flipped
+    assert dump("flip=any").shown() == [u for u in uids if u in {*flips["wrong_to_right"], *flips["right_to_wrong"]}]
+    negation = dump("category=negation")
+    assert negation.shown() == cli(run=[a], category=["negation"]) and len(negation.shown()) == 4
+    assert dump("bookmarked=1").shown() == [uids[1], uids[6], uids[9]]
+    assert dump("tag=odd").shown() == [uids[1], uids[6]] and dump("tag=shape").shown() == [uids[6]]
+    assert dump("sort=nonsense&category=nowhere&wrong=1").shown() == cli(run=[a], wrong_only=True)  # unknown: ignored
+    check = page.with_name("check.html")
+    check.write_text(page.read_text().replace("</body>", CONTROLS))
+    dom = chromium(profile, "--dump-dom", check.as_uri())
+    assert "<title>#sort=uid&amp;wrong=1</title>" in dom  # the controls wrote the hash
+    assert Cards(dom).shown() == cli(run=[a], wrong_only=True, sort="uid") and "12 of 24 shown" in dom
+
+
 # ---- composed-VLM runs (training/train_vlm.py): generated text, references, per-row scores ---------------------------
 
 
@@ -205,7 +383,7 @@ def generated(run: Path) -> dict[str, dict]:
 
 def section(html: str, uid: str) -> str:
     """The page's section for one uid."""
-    start = html.index(f'<section class="example" id="{safe_stem(uid)}">')
+    start = html.index(f'<section class="example" id="{safe_stem(uid)}"')
     return html[start : html.index("</section>", start)]
 
 
@@ -262,6 +440,8 @@ def test_caption_run_random_draw_uids_and_worst_first(caption_run_copy, tmp_path
     worst, scored = pick(wrong_only=True), load_caption_run(run).records
     assert sorted(worst) == sorted(set(uids) - {"capsyn_eval-1"}) and worst[-1] == "capsyn_eval-2"
     assert [scored[u]["score"] for u in worst] == sorted(scored[u]["score"] for u in worst)
+    assert pick(sort="confidence") == sorted(uids, key=lambda u: scored[u]["score"])  # every row, lowest score first
+    assert pick(wrong_only=True, sort="confidence") == worst
     captions = [u for u in worst if scored[u]["task"] == "caption"]
     assert pick(wrong_only=True, category=["caption"]) == captions
     assert pick(wrong_only=True, category=["caption"], limit=2) == captions[:2]
