@@ -38,7 +38,7 @@ from vlm_datasets.prompts import get_template
 
 
 @dataclass
-class BenchmarkArguments:
+class ScoringBenchmarkArguments:
     generate_batch_size: int | None = field(
         default=None, metadata={"help": "Examples per generate() call (default: batch_size, as likelihood scoring)."}
     )
@@ -63,10 +63,10 @@ def main(
     data_args: DataArguments,
     model_args: ModelConfig,
     lab_args: LabModelArguments | None = None,
-    bench_args: BenchmarkArguments | None = None,
+    bench_args: ScoringBenchmarkArguments | None = None,
 ) -> dict:
     template = get_template(data_args.prompt_template)
-    generate_batch_size = (bench_args or BenchmarkArguments()).generate_batch_size or eval_args.batch_size
+    generate_batch_size = (bench_args or ScoringBenchmarkArguments()).generate_batch_size or eval_args.batch_size
     model, processor = load_for_eval(eval_args, data_args, model_args, lab_args or LabModelArguments())
     split = data_args.dataset_eval_split
     examples = list(iter_examples(load_split(data_args, split, limit=data_args.max_eval_examples)))
@@ -131,5 +131,5 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from trl import TrlParser
 
-    parser = TrlParser((*make_parser().dataclass_types, BenchmarkArguments))
+    parser = TrlParser((*make_parser().dataclass_types, ScoringBenchmarkArguments))
     main(*parser.parse_args_and_config())

@@ -45,7 +45,7 @@ TOKENS_TINY = dict(bos=500, pad=500, eos=501, image=502, video=503, vision_start
 
 
 @dataclass
-class Arguments:
+class Qwen2VLBenchmarkArguments:
     methods: str = field(default="lora,qlora", metadata={"help": "lora (bf16) and/or qlora (NF4, bf16 compute)."})
     batch_sizes: str = field(default="1,4,8,16", metadata={"help": "Examples per step."})
     gradient_checkpointing: str = field(default="false,true", metadata={"help": "Without and/or with."})
@@ -67,7 +67,7 @@ class Arguments:
     )
 
 
-def build_model_dir(args: Arguments, folder: Path) -> Path:
+def build_model_dir(args: Qwen2VLBenchmarkArguments, folder: Path) -> Path:
     """Save the random-weight model once, so Q-LoRA quantizes it through from_pretrained like a real checkpoint."""
     if (folder / "config.json").exists():
         return folder
@@ -88,7 +88,7 @@ def build_model_dir(args: Arguments, folder: Path) -> Path:
     return folder
 
 
-def token_ids(args: Arguments) -> dict[str, int]:
+def token_ids(args: Qwen2VLBenchmarkArguments) -> dict[str, int]:
     """The special token ids of the model benchmarked (a folder's from its config) and `text_below`: random text ids
     are drawn under it."""
     if args.model_name_or_path:
@@ -98,7 +98,7 @@ def token_ids(args: Arguments) -> dict[str, int]:
     return dict(TOKENS_TINY, text_below=400) if args.tiny else dict(TOKENS_2B, text_below=150000)
 
 
-def batch_of(args: Arguments, batch_size: int, device) -> dict[str, torch.Tensor]:
+def batch_of(args: Qwen2VLBenchmarkArguments, batch_size: int, device) -> dict[str, torch.Tensor]:
     """Two images per example, random text tokens around them, labels on the last two tokens (answer + <|im_end|>)."""
     ids = token_ids(args)
     side = 56 if args.tiny else args.image_size
@@ -122,7 +122,9 @@ def batch_of(args: Arguments, batch_size: int, device) -> dict[str, torch.Tensor
     }
 
 
-def run_cell(args: Arguments, model_dir: Path, method: str, batch_size: int, checkpointing: bool) -> dict:
+def run_cell(
+    args: Qwen2VLBenchmarkArguments, model_dir: Path, method: str, batch_size: int, checkpointing: bool
+) -> dict:
     cuda = torch.cuda.is_available()
     dtype = "float32" if args.tiny and not cuda else "bfloat16"
     quantized = method == "qlora"
@@ -181,7 +183,7 @@ def run_cell(args: Arguments, model_dir: Path, method: str, batch_size: int, che
     }
 
 
-def main(args: Arguments) -> list[dict]:
+def main(args: Qwen2VLBenchmarkArguments) -> list[dict]:
     if args.model_name_or_path:
         model_dir = Path(args.model_name_or_path)
     else:
@@ -208,4 +210,4 @@ def main(args: Arguments) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(*HfArgumentParser(Arguments).parse_args_into_dataclasses())
+    main(*HfArgumentParser(Qwen2VLBenchmarkArguments).parse_args_into_dataclasses())

@@ -62,7 +62,7 @@ VARIANTS = {
 
 
 @dataclass
-class BenchmarkArguments:
+class TrainingBenchmarkArguments:
     timing_warmup_steps: int = field(default=5, metadata={"help": "Steps run before timing starts."})
     repeats: int = field(default=1, metadata={"help": "Rounds of runs; medians are reported."})
     interleave: bool = field(
@@ -181,7 +181,7 @@ def print_report(report: dict, runs: dict[str, list[RunResult]]) -> None:
 
 def make_parser() -> TrlParser:
     return TrlParser(
-        (BenchmarkArguments, DataArguments, SFTConfig, ModelConfig, LabModelArguments, LabTrainingArguments)
+        (TrainingBenchmarkArguments, DataArguments, SFTConfig, ModelConfig, LabModelArguments, LabTrainingArguments)
     )
 
 

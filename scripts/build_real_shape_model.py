@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BuildArguments:
+class RealShapeBuildArguments:
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the model is saved (default: <artifact root>/models/qwen2vl-2b-shape)."}
     )
@@ -50,7 +50,7 @@ class BuildArguments:
         return {"num_hidden_layers": self.num_hidden_layers, "vision_depth": self.vision_depth, "seed": self.seed}
 
 
-def main(args: BuildArguments) -> Path:
+def main(args: RealShapeBuildArguments) -> Path:
     out = Path(args.output_dir) if args.output_dir else default_model_dir()
     info_path = out / "build_info.json"
     if info_path.exists() and not args.force:
@@ -73,5 +73,5 @@ def main(args: BuildArguments) -> Path:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (build_args,) = TrlParser((BuildArguments,)).parse_args_and_config()
+    (build_args,) = TrlParser((RealShapeBuildArguments,)).parse_args_and_config()
     print(main(build_args))

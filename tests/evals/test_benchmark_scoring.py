@@ -14,7 +14,7 @@ def test_benchmark_scores_both_ways_and_prints_the_speedup_last(tiny_model_dir, 
          "--output_dir", str(tmp_path), "--synthetic_eval_size", "16", "--max_eval_examples", "16",
          "--batch_size", "8", "--max_new_tokens", "2"]
     )  # fmt: skip
-    result = benchmark_scoring.main(*args, benchmark_scoring.BenchmarkArguments(generate_batch_size=4))
+    result = benchmark_scoring.main(*args, benchmark_scoring.ScoringBenchmarkArguments(generate_batch_size=4))
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"speedup: {result['speedup']:.1f}"
     assert result["generate_batch_size"] == 4 and result["batch_size"] == 8

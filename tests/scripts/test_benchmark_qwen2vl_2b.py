@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from scripts.benchmark_qwen2vl_2b import TEXT_2B, VISION_2B, Arguments, batch_of, main
-from scripts.build_real_shape_model import BuildArguments
+from scripts.benchmark_qwen2vl_2b import TEXT_2B, VISION_2B, Qwen2VLBenchmarkArguments, batch_of, main
+from scripts.build_real_shape_model import RealShapeBuildArguments
 from scripts.build_real_shape_model import main as build
 from training.flops import ParamCounts, peak_tflops, step_flops
 
@@ -20,7 +20,7 @@ def test_real_size_config_matches_the_reference():
     head_dim = TEXT_2B["hidden_size"] // TEXT_2B["num_attention_heads"]
     assert sum(TEXT_2B["rope_scaling"]["mrope_section"]) == head_dim // 2
     assert VISION_2B["depth"] == 32 and VISION_2B["embed_dim"] == 1280 and VISION_2B["hidden_size"] == 1536
-    batch = batch_of(Arguments(), 2, "cpu")
+    batch = batch_of(Qwen2VLBenchmarkArguments(), 2, "cpu")
     image_tokens = int((batch["input_ids"] == 151655).sum())
     assert image_tokens == 2 * 2 * 256  # two 448x448 images per example, 256 tokens each
     assert batch["pixel_values"].shape == (2 * 2 * 1024, 1176)  # 32x32 patches of 3*2*14*14 per image
@@ -36,7 +36,9 @@ def test_flops_formula():
 
 def test_tiny_grid_runs_on_the_cpu(tmp_path, capsys):
     out = tmp_path / "grid.json"
-    args = Arguments(tiny=True, batch_sizes="1,2", work_dir=str(tmp_path / "model"), output_json=str(out))
+    args = Qwen2VLBenchmarkArguments(
+        tiny=True, batch_sizes="1,2", work_dir=str(tmp_path / "model"), output_json=str(out)
+    )
     rows = main(args)
     assert len(rows) == 2 * 2 * 2  # lora/qlora x gc off/on x batch 1/2
     for row in rows:
@@ -55,7 +57,7 @@ def real_shape_args(request, tmp_path_factory):
         cache.mkdir("vlm_studies_wheels") if cache is not None else tmp_path_factory.mktemp("wheels")
     )
     out = tmp_path_factory.mktemp("real-shape") / "qwen2vl-2b-shape"
-    return BuildArguments(output_dir=str(out), num_hidden_layers=1, vision_depth=1, wheel_cache=str(wheels))
+    return RealShapeBuildArguments(output_dir=str(out), num_hidden_layers=1, vision_depth=1, wheel_cache=str(wheels))
 
 
 @pytest.mark.real_size
@@ -76,8 +78,9 @@ def test_one_step_on_a_real_shape_folder(real_shape_args, monkeypatch, capsys):
 
     out = build(real_shape_args)
     monkeypatch.setattr(benchmark, "build_model_dir", lambda *a: pytest.fail("built a model beside the folder given"))
-    args = Arguments(model_name_or_path=str(out), methods="lora,qlora", batch_sizes="1", gradient_checkpointing="false",
-                     image_size=56, text_tokens=8, steps=1, warmup_steps=0)  # fmt: skip
+    args = Qwen2VLBenchmarkArguments(model_name_or_path=str(out), methods="lora,qlora", batch_sizes="1",
+                                     gradient_checkpointing="false", image_size=56, text_tokens=8, steps=1,
+                                     warmup_steps=0)  # fmt: skip
     batch = batch_of(args, 1, "cpu")
     assert int((batch["input_ids"] == 151655).sum()) == 2 * 4  # the folder's image token id, 4 tokens per 56x56
     rows = main(args)
