@@ -197,12 +197,6 @@ def _manifest_items(path: Path, column_map: dict | None, log: SkipLog | None = N
     return items
 
 
-def iter_manifest(path: str | Path, column_map: dict | None = None) -> Iterator[Example]:
-    """Canonical examples from a JSONL manifest (image paths relative to its folder, or absolute)."""
-    for item in _manifest_items(Path(path), column_map):
-        yield item.to_example()
-
-
 def manifest_path(args: DataArguments, split: str) -> Path:
     """args.dataset_path is one manifest used for every split, or a folder holding <split>.jsonl."""
     if not args.dataset_path:

@@ -41,12 +41,6 @@ def _read_numbered(json_path: Path, log: SkipLog | None = None) -> Iterator[tupl
         yield where, record
 
 
-def read_annotations(json_path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the raw records of an official JSON-lines file (no images); DataErrors name the file and line."""
-    for _, record in _read_numbered(Path(json_path)):
-        yield record
-
-
 def index_images(image_dir: str | Path) -> dict[str, Path]:
     """Walk image_dir once, recursively (split and numbered subfolders): official file stem -> path."""
     image_dir = Path(image_dir)

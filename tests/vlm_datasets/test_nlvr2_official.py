@@ -13,7 +13,7 @@ from utils.errors import DataError
 from vlm_datasets.config import DataArguments
 from vlm_datasets.labels import parse_identifier
 from vlm_datasets.loading import iter_examples, load_split
-from vlm_datasets.nlvr2_official import index_images, nlvr2_split, read_annotations
+from vlm_datasets.nlvr2_official import index_images, nlvr2_split
 
 # Real NLVR2 dev lines kept in the repository (tests/data/nlvr2/README.md: source and licence).
 NLVR2_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "nlvr2"
@@ -23,20 +23,6 @@ PICKED = ("dev-850-0-0", "dev-850-0-1", "dev-850-2-0")  # the first two share an
 @pytest.fixture(scope="module")
 def real_dev_json() -> Path:
     return NLVR2_SAMPLE / "dev.json"
-
-
-def test_read_annotations_on_the_real_dev_split(real_dev_json):
-    records = list(read_annotations(real_dev_json))
-    raw = [json.loads(line) for line in real_dev_json.read_text().splitlines()]
-    assert records == raw  # every field of every line, as written
-    first = records[0]
-    assert first["identifier"] == "dev-850-0-0"
-    assert first["label"] == "False"
-    assert first["sentence"].startswith("The right image shows a curving walkway of dark glass circles")
-    assert first["synset"] == "beer bottle"
-    assert {r["label"] for r in records} == {"True", "False"}
-    fields = {"left_url", "right_url", "synset", "query", "writer", "validation", "extra_validations"}
-    assert all(fields <= r.keys() for r in records)
 
 
 def _color(stem: str) -> tuple[int, int, int]:
@@ -136,28 +122,22 @@ def test_corrupt_image_names_the_uid_and_the_file(official_layout, synthetic_exa
 
 
 @pytest.mark.parametrize(
-    "change, pattern, in_raw_records",
+    "change, pattern",
     [
-        (lambda r: r.pop("sentence"), r"dev\.json line 2, uid syn_dev-0-1-0: missing field 'sentence'", True),
-        (lambda r: r.pop("identifier"), r"dev\.json line 2: missing field 'identifier'", True),
-        (lambda r: r.update(label="Maybe"), r"dev\.json line 2, uid syn_dev-0-1-0: unparseable label 'Maybe'", False),
-        (lambda r: r.update(sentence="  "), r"dev\.json line 2, uid syn_dev-0-1-0: field 'sentence' is blank", False),
-        (lambda r: r.update(identifier="dev850"), r"uid 'dev850': not an NLVR2 identifier", False),
-        ('{"identifier": "dev-1-0-0", "sentence": "cut off', r"dev\.json line 2: malformed JSON", True),
+        (lambda r: r.pop("sentence"), r"dev\.json line 2, uid syn_dev-0-1-0: missing field 'sentence'"),
+        (lambda r: r.pop("identifier"), r"dev\.json line 2: missing field 'identifier'"),
+        (lambda r: r.update(label="Maybe"), r"dev\.json line 2, uid syn_dev-0-1-0: unparseable label 'Maybe'"),
+        (lambda r: r.update(sentence="  "), r"dev\.json line 2, uid syn_dev-0-1-0: field 'sentence' is blank"),
+        (lambda r: r.update(identifier="dev850"), r"uid 'dev850': not an NLVR2 identifier"),
+        ('{"identifier": "dev-1-0-0", "sentence": "cut off', r"dev\.json line 2: malformed JSON"),
     ],
     ids=["no-sentence", "no-identifier", "label", "blank-sentence", "identifier", "json"],
 )
-def test_bad_annotations_name_the_file_line_and_uid(official_layout, change, pattern, in_raw_records):
-    """read_annotations (JSON only, for metrics) checks the JSON and the fields; nlvr2_split checks it all."""
+def test_bad_annotations_name_the_file_line_and_uid(official_layout, change, pattern):
     root, _ = official_layout
     _edit_line(root, 1, change)
     with pytest.raises(DataError, match=pattern):
         nlvr2_split(DataArguments(dataset_source="nlvr2", dataset_path=str(root)), "dev")
-    if in_raw_records:
-        with pytest.raises(DataError, match=pattern):
-            list(read_annotations(root / "dev.json"))
-    else:
-        assert len(list(read_annotations(root / "dev.json"))) == 4
 
 
 def test_missing_split_file_is_named(official_layout):

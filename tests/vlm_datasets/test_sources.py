@@ -19,7 +19,7 @@ from vlm_datasets.config import DataArguments
 from vlm_datasets.example import CANONICAL_FEATURES
 from vlm_datasets.hub import HubUnreachableError, hub_split, resolve_column_map, to_canonical
 from vlm_datasets.loading import iter_examples, load_split
-from vlm_datasets.manifest import iter_manifest, jsonl_split
+from vlm_datasets.manifest import jsonl_split
 from vlm_datasets.synthetic_source import synthetic_split
 
 
@@ -337,7 +337,9 @@ def test_manifest_column_map(tmp_path):
     _img(BLUE).save(tmp_path / "b.png")
     path = _write(tmp_path / "m.jsonl", [{"id": "u1", "left": "a.png", "right": "b.png", "text": "t", "y": 1}])
     cmap = {"uid": "id", "left_image": "left", "right_image": "right", "sentence": "text", "label": "y"}
-    (ex,) = iter_manifest(path, cmap)
+    (ex,) = iter_examples(
+        jsonl_split(DataArguments(dataset_source="jsonl", dataset_path=str(path), dataset_column_map=cmap), "train")
+    )
     assert (ex.uid, ex.sentence, ex.label) == ("u1", "t", True)
     assert [im.getpixel((0, 0)) for im in ex.images] == [RED, BLUE]
 
