@@ -2,9 +2,9 @@
 NLVR2 labels (dev.json-style JSON lines) and the linguistic-phenomenon annotations (annotated_dev_examples.txt).
 A composed VLM's run (training/train_vlm.py) writes generated text instead: write_generated / read_generated.
 
-    from evals.prediction_files import load_predictions, load_labels, write_predictions_csv
+    from evals.prediction_files import load_labels, load_run, write_predictions_csv
     labels, sentences = load_labels("nlvr2/data/dev.json")  # the official NLVR2 repository's file
-    write_predictions_csv(load_predictions("artifacts/evals/run"), "artifacts/evals/run/predictions.csv")
+    write_predictions_csv(load_run("artifacts/evals/run").predictions, "artifacts/evals/run/predictions.csv")
 
 Every malformed line is a DataError naming file:line (and the uid when there is one).
 """
@@ -133,11 +133,6 @@ def write_predictions_csv(predictions: Mapping[str, Prediction], path: str | Pat
         for uid, pred in predictions.items():
             writer.writerow([uid, "" if pred is None else str(bool(pred))])
     return path
-
-
-def load_predictions(path: str | Path) -> dict[str, Prediction]:
-    """{uid: prediction} from a run folder, predictions.jsonl or the official CSV (by suffix)."""
-    return load_run(path).predictions
 
 
 def load_labels(path: str | Path) -> tuple[dict[str, bool], dict[str, str]]:

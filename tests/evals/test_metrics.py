@@ -15,7 +15,7 @@ from evals import metrics, run_metrics
 from evals.prediction_files import (
     load_annotations,
     load_labels,
-    load_predictions,
+    load_run,
     read_prediction_records,
     read_predictions_csv,
     write_predictions_csv,
@@ -140,13 +140,13 @@ def test_refusal_names_the_first_twenty_and_counts_the_rest():
 
 
 def test_csv_round_trip_is_exact(tmp_path):
-    preds = load_predictions(write_records(tmp_path / "predictions.jsonl"))
+    preds = load_run(write_records(tmp_path / "predictions.jsonl")).predictions
     assert preds == PREDICTIONS
     csv_path = write_predictions_csv(preds, tmp_path / "predictions.csv")
     assert csv_path.read_text().splitlines()[:2] == ["dev-1-0-0,True", "dev-1-1-0,False"]
     back = read_predictions_csv(csv_path)
     assert back == preds and list(back) == list(preds)
-    assert load_predictions(csv_path) == preds
+    assert load_run(csv_path).predictions == preds
     (tmp_path / "header.csv").write_text("identifier,prediction\r\ndev-1-0-0,True\r\n\r\ndev-1-1-0,false\r\n")
     assert read_predictions_csv(tmp_path / "header.csv") == {"dev-1-0-0": True, "dev-1-1-0": False}
 
