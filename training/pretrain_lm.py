@@ -46,7 +46,7 @@ from training.callbacks import resume_checkpoint
 from training.gpt2 import LMModelArguments, build_model, load_tokenizer
 from training.packing import tokenize_and_pack
 from utils.atomic_write import write_json_atomic
-from utils.run_record import config_dict, library_versions, token_to_environment
+from utils.run_record import config_dict, token_to_environment, write_run_record
 from vlm_datasets.text import TextDataArguments, load_texts, text_manifest
 
 logger = logging.getLogger(__name__)
@@ -167,19 +167,11 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
         "eval_scored_tokens": int(eval_ids[:, 1:].size),
         "unigram_train_tokens": int(counts.sum()),
     }
-    if is_main:
-        write_json_atomic(
-            out / "run_record.json",
-            {
-                "kind": "pretrain_lm",
-                "seed": training_args.seed,
-                "dataset": {**manifest, **data_stats},
-                "tokenizer": tokenizer_how,
-                "eval_prompts": eval_args.prompts(),
-                "config": run_config(data_args, model_args, eval_args, training_args),
-                "versions": library_versions(),
-            },
-        )
+    if is_main:  # what the run reads (data, tokenizer, prompts) beside its resolved config
+        config, prompts = run_config(data_args, model_args, eval_args, training_args), eval_args.prompts()
+        dataset = {**manifest, **data_stats}
+        write_run_record(out, "pretrain_lm", training_args.seed, config, dataset=dataset, tokenizer=tokenizer_how,
+                         eval_prompts=prompts)  # fmt: skip
 
     # true/last -> the newest *complete* checkpoint-N (a half-written one is set aside), not transformers' newest
     trainer.train(resume_from_checkpoint=resume_checkpoint(resume, training_args.output_dir, is_main))
