@@ -29,7 +29,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from transformers import AutoTokenizer, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 from transformers.integrations import TensorBoardCallback
 from trl import TrlParser
 
@@ -89,17 +96,26 @@ def run_config(data_args, model_args, eval_args, training_args) -> dict:
     }
 
 
-def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
-    start = time.time()
-    set_seed(training_args.seed)
-    out = Path(training_args.output_dir)
-    token_to_environment(training_args)  # a --hub_token is never pickled into training_args.bin
-    resume = _resume_arg(training_args.resume_from_checkpoint)
-    is_main = training_args.process_index == 0
-    if data_args.block_size > model_args.n_positions:
-        raise ValueError(f"block_size {data_args.block_size} > n_positions {model_args.n_positions}")
+@dataclasses.dataclass
+class _Data:
+    """The run's text (training and held out), its tokenizer (and where that came from) and the packed blocks."""
 
-    # Data and tokenizer: the main process goes first (and saves a trained tokenizer), the others reuse its work.
+    train_text: datasets.Dataset | datasets.IterableDataset
+    held_out_text: datasets.Dataset
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_how: str
+    train_blocks: datasets.Dataset | datasets.IterableDataset
+    eval_blocks: datasets.Dataset
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.train_blocks, datasets.IterableDataset)
+
+
+def _load_data(data_args, model_args, training_args, resume) -> _Data:
+    """Text, tokenizer and blocks: the main process goes first (and saves a trained tokenizer), the others reuse its
+    work; a resumed run reuses the tokenizer saved with it."""
+    out, is_main = Path(training_args.output_dir), training_args.process_index == 0
     with training_args.main_process_first(desc="text and tokenizer"):
         train_text, held_out_text = load_texts(data_args)
         if (resume or not is_main) and (out / "tokenizer.json").exists():
@@ -110,49 +126,62 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
                 tokenizer.save_pretrained(out)
         train_blocks = tokenize_and_pack(train_text, tokenizer, data_args.block_size, data_args.packing_batch_size)
         eval_blocks = tokenize_and_pack(held_out_text, tokenizer, data_args.block_size, data_args.packing_batch_size)
-    streaming = isinstance(train_blocks, datasets.IterableDataset)
-    if streaming and training_args.max_steps <= 0:
+    return _Data(train_text, held_out_text, tokenizer, tokenizer_how, train_blocks, eval_blocks)
+
+
+def _check_blocks(data: _Data, data_args, training_args) -> None:
+    """A stream needs max_steps; the held-out text must fill at least one block."""
+    if data.streaming and training_args.max_steps <= 0:
         raise ValueError("a streamed training set has no length: set max_steps")
-    if len(eval_blocks) == 0:
+    if len(data.eval_blocks) == 0:
         raise ValueError(
-            f"the held-out text ({len(held_out_text)} documents, {data_args.dataset_source} source) packs into no "
-            f"block of block_size={data_args.block_size} tokens: raise max_eval_docs (now {data_args.max_eval_docs}), "
-            "lower block_size, or give more held-out text (dataset_eval_path)"
+            f"the held-out text ({len(data.held_out_text)} documents, {data_args.dataset_source} source) packs into "
+            f"no block of block_size={data_args.block_size} tokens: raise max_eval_docs (now "
+            f"{data_args.max_eval_docs}), lower block_size, or give more held-out text (dataset_eval_path)"
         )
 
-    # Unigram baseline: add-one-smoothed unigram of the training tokens, on the tokens the model is scored on.
-    eval_ids = np.asarray(eval_blocks.with_format("numpy")["input_ids"])  # [N, T]
-    cap = eval_args.unigram_max_train_blocks
-    if streaming:
-        train_ids = (b["input_ids"] for b in train_blocks)  # reads the first `cap` blocks of the stream
+
+def _unigram_baseline(data: _Data, cap: int) -> tuple[float, dict]:
+    """Perplexity of an add-one-smoothed unigram of (the first `cap` blocks of) the training tokens, on the tokens
+    the model is scored on; and the block and token counts the run record and summary report."""
+    eval_ids = np.asarray(data.eval_blocks.with_format("numpy")["input_ids"])  # [N, T]
+    if data.streaming:
+        train_ids = (b["input_ids"] for b in data.train_blocks)  # reads the first `cap` blocks of the stream
     else:
-        train_ids = np.asarray(
-            train_blocks.select(range(min(cap, len(train_blocks)))).with_format("numpy")["input_ids"]
-        )
-    counts = unigram_counts(train_ids, len(tokenizer), cap)
+        first = data.train_blocks.select(range(min(cap, len(data.train_blocks))))
+        train_ids = np.asarray(first.with_format("numpy")["input_ids"])
+    counts = unigram_counts(train_ids, len(data.tokenizer), cap)
     unigram_ppl = unigram_perplexity(counts, scored_tokens(eval_ids))
     logger.info("unigram baseline perplexity %.2f (%d training tokens)", unigram_ppl, counts.sum())
+    return unigram_ppl, {
+        "train_blocks": None if data.streaming else len(data.train_blocks),
+        "eval_blocks": len(data.eval_blocks),
+        "eval_scored_tokens": int(eval_ids[:, 1:].size),
+        "unigram_train_tokens": int(counts.sum()),
+    }
 
-    model = build_model(model_args, tokenizer)
+
+def _make_trainer(data: _Data, model_args, eval_args, training_args, unigram_ppl: float) -> Trainer:
+    """A fresh model's Trainer on the packed blocks, scored against the unigram baseline, writing continuations."""
     # The summary reports tokens seen and perplexity from the eval loop's losses: both need these.
     training_args.include_num_input_tokens_seen = "all"
     training_args.include_for_metrics = ["loss"]
     trainer = Trainer(
-        model=model,
+        model=build_model(model_args, data.tokenizer),
         args=training_args,
-        train_dataset=train_blocks,
-        eval_dataset=eval_blocks,
+        train_dataset=data.train_blocks,
+        eval_dataset=data.eval_blocks,
         data_collator=default_data_collator,  # equal-length blocks with labels: nothing to pad or mask
-        processing_class=tokenizer,
+        processing_class=data.tokenizer,
         compute_metrics=LanguageMetrics(unigram_ppl),
         preprocess_logits_for_metrics=argmax_logits,
     )
     tensorboard = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None)
     trainer.add_callback(
         ContinuationsCallback(
-            tokenizer,
+            data.tokenizer,
             eval_args.prompts(),
-            out / "continuations.jsonl",
+            Path(training_args.output_dir) / "continuations.jsonl",
             tensorboard=tensorboard,
             max_new_tokens=eval_args.eval_max_new_tokens,
             do_sample=eval_args.eval_do_sample,
@@ -160,46 +189,68 @@ def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
             top_k=eval_args.eval_top_k,
         )
     )
-    manifest = text_manifest(data_args, train_text, held_out_text)
-    data_stats = {
-        "train_blocks": None if streaming else len(train_blocks),
-        "eval_blocks": len(eval_blocks),
-        "eval_scored_tokens": int(eval_ids[:, 1:].size),
-        "unigram_train_tokens": int(counts.sum()),
-    }
-    if is_main:  # what the run reads (data, tokenizer, prompts) beside its resolved config
-        config, prompts = run_config(data_args, model_args, eval_args, training_args), eval_args.prompts()
-        dataset = {**manifest, **data_stats}
-        write_run_record(out, "pretrain_lm", training_args.seed, config, dataset=dataset, tokenizer=tokenizer_how,
-                         eval_prompts=prompts)  # fmt: skip
+    return trainer
 
+
+def _train_and_evaluate(trainer: Trainer, resume, is_main: bool) -> dict:
+    """Train (resumed when asked) and return the final evaluation's metrics."""
     # true/last -> the newest *complete* checkpoint-N (a half-written one is set aside), not transformers' newest
-    trainer.train(resume_from_checkpoint=resume_checkpoint(resume, training_args.output_dir, is_main))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(resume, trainer.args.output_dir, is_main))
     # The Trainer evaluates at the last step when eval_strategy is "steps"; otherwise (or when resuming a finished
     # run) evaluate now.
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-    final = evals[-1] if evals and evals[-1]["step"] == trainer.state.global_step else trainer.evaluate()
+    return evals[-1] if evals and evals[-1]["step"] == trainer.state.global_step else trainer.evaluate()
 
+
+def _write_summary(trainer: Trainer, final: dict, data: _Data, data_args, unigram_ppl, manifest, data_stats, start):
+    """summary.json: the final evaluation beside the unigram baseline, the run's length, size, tokenizer and data."""
+    summary = {
+        "val_loss": final["eval_loss"],
+        "val_perplexity": final["eval_perplexity"],
+        "val_next_token_accuracy": final["eval_next_token_accuracy"],
+        "unigram_perplexity": unigram_ppl,
+        "perplexity_ratio": final["eval_perplexity"] / unigram_ppl,
+        "steps": trainer.state.global_step,
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "wall_seconds": round(time.time() - start, 1),  # this invocation: data, tokenizer, training, evals
+        "parameters": trainer.model.num_parameters(),
+        "tokenizer": data.tokenizer_how,
+        "vocab_size": len(data.tokenizer),
+        "block_size": data_args.block_size,
+        "dataset": manifest,
+        **data_stats,
+    }
+    write_json_atomic(Path(trainer.args.output_dir) / "summary.json", summary)
+    logger.info("summary: %s", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+
+
+def _pretrain(data_args, model_args, eval_args, training_args) -> Trainer:
+    """The run's phases: text, tokenizer and blocks; the unigram baseline; the Trainer and run_record.json;
+    training and the final evaluation; the saved model and summary.json."""
+    start = time.time()
+    set_seed(training_args.seed)
+    out = Path(training_args.output_dir)
+    token_to_environment(training_args)  # a --hub_token is never pickled into training_args.bin
+    resume = _resume_arg(training_args.resume_from_checkpoint)
+    is_main = training_args.process_index == 0
+    if data_args.block_size > model_args.n_positions:
+        raise ValueError(f"block_size {data_args.block_size} > n_positions {model_args.n_positions}")
+
+    data = _load_data(data_args, model_args, training_args, resume)
+    _check_blocks(data, data_args, training_args)
+    unigram_ppl, data_stats = _unigram_baseline(data, eval_args.unigram_max_train_blocks)
+    trainer = _make_trainer(data, model_args, eval_args, training_args, unigram_ppl)
+    manifest = text_manifest(data_args, data.train_text, data.held_out_text)
+    if is_main:  # what the run reads (data, tokenizer, prompts) beside its resolved config
+        config, prompts = run_config(data_args, model_args, eval_args, training_args), eval_args.prompts()
+        dataset, tokenizer = {**manifest, **data_stats}, data.tokenizer_how
+        write_run_record(out, "pretrain_lm", training_args.seed, config, dataset=dataset, tokenizer=tokenizer,
+                         eval_prompts=prompts)  # fmt: skip
+
+    final = _train_and_evaluate(trainer, resume, is_main)
     trainer.save_model(str(out))  # safetensors + config + generation config + tokenizer (processing_class)
     if is_main:
-        summary = {
-            "val_loss": final["eval_loss"],
-            "val_perplexity": final["eval_perplexity"],
-            "val_next_token_accuracy": final["eval_next_token_accuracy"],
-            "unigram_perplexity": unigram_ppl,
-            "perplexity_ratio": final["eval_perplexity"] / unigram_ppl,
-            "steps": trainer.state.global_step,
-            "tokens_seen": trainer.state.num_input_tokens_seen,
-            "wall_seconds": round(time.time() - start, 1),  # this invocation: data, tokenizer, training, evals
-            "parameters": model.num_parameters(),
-            "tokenizer": tokenizer_how,
-            "vocab_size": len(tokenizer),
-            "block_size": data_args.block_size,
-            "dataset": manifest,
-            **data_stats,
-        }
-        write_json_atomic(out / "summary.json", summary)
-        logger.info("summary: %s", {k: v for k, v in summary.items() if not isinstance(v, dict)})
+        _write_summary(trainer, final, data, data_args, unigram_ppl, manifest, data_stats, start)
     return trainer
 
 
