@@ -164,7 +164,9 @@ def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) ->
 
 
 def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = None, trust_remote_code: bool = False):
-    """Load the VLM (optionally 4/8-bit), freezing the vision tower when asked; remote code runs only if allowed."""
+    """Load a VLM, Qwen2-VL or a composed LLaVA-family model (training/compose.py), for training/sft.py,
+    training/train_vlm.py and evaluation: optionally 4/8-bit, the vision tower frozen when asked (full fine-tuning);
+    remote code runs only if allowed."""
     lab_args = lab_args or LabModelArguments()
     qconfig = quantization_config(model_args, lab_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
