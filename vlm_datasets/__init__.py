@@ -1,5 +1,3 @@
-"""NLVR2-style data: one canonical example, many sources (hub, cached, official layout, JSONL manifest, synthetic)."""
+"""NLVR2-style data: one canonical example, many sources (hub, cached, official layout, JSONL manifest, synthetic).
 
-from vlm_datasets.example import CANONICAL_FEATURES, Example, examples_to_dataset, row_to_example
-
-__all__ = ["CANONICAL_FEATURES", "Example", "examples_to_dataset", "row_to_example"]
+No re-exports here: importing a submodule (vlm_datasets.config for a parser) must not import datasets."""

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import DataError
-from vlm_datasets.example import Example
+
+if TYPE_CHECKING:
+    from vlm_datasets.example import Example
 
 _TWO_IMAGES = "the two images"  # the one phrase user_text adapts to the image count
 _LEFT_RIGHT_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
