@@ -7,12 +7,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from peft import LoraConfig
-from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
-from transformers.pytorch_utils import Conv1D
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig
+
+from utils.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: an entry point's --help needs LabModelArguments, not torch or peft
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +86,8 @@ class LabModelArguments:
             raise ValueError(f"vision_feature_cache_max_gb must be >= 0, got {self.vision_feature_cache_max_gb}")
 
 
-class ModelNotAvailableError(RuntimeError):
-    """The model is neither a local folder nor in the local hub cache while the hub is unreachable."""
+class ModelNotAvailableError(UserError, RuntimeError):
+    """The model cannot be loaded: neither a model folder nor in the local hub cache while the hub is unreachable."""
 
 
 def _offline_hint(name: str, err: Exception) -> ModelNotAvailableError:
@@ -129,9 +133,11 @@ def load_processor(
     path: str, revision: str | None = None, trust_remote_code: bool = False, min_pixels=None, max_pixels=None
 ):
     """AutoProcessor with the pixel budget applied."""
+    from transformers import AutoProcessor
+
     try:
         processor = AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder that holds no processor
         raise _offline_hint(path, e) from None
     return set_pixel_budget(processor, min_pixels, max_pixels)
 
@@ -151,6 +157,9 @@ def quantization_config(model_args: ModelConfig, lab_args: LabModelArguments) ->
     """4-bit NF4 (double quantization, bf16 compute) when load_in_4bit; the vision tower skipped unless asked."""
     if not (model_args.load_in_4bit or model_args.load_in_8bit):
         return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
     compute = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.bfloat16
     skip = [] if lab_args.quantize_vision_tower else list(VISION_MODULES)
     return BitsAndBytesConfig(
@@ -167,6 +176,9 @@ def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = Non
     """Load a VLM, Qwen2-VL or a composed LLaVA-family model (training/compose.py), for training/sft.py,
     training/train_vlm.py and evaluation: optionally 4/8-bit, the vision tower frozen when asked (full fine-tuning);
     remote code runs only if allowed."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
     lab_args = lab_args or LabModelArguments()
     qconfig = quantization_config(model_args, lab_args)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
@@ -182,7 +194,7 @@ def load_model(model_args: ModelConfig, lab_args: LabModelArguments | None = Non
         kwargs["device_map"] = _kbit_device_map()
     try:
         model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a folder that holds no model
         raise _offline_hint(model_args.model_name_or_path, e) from None
     if lab_args.freeze_vision_tower and not model_args.use_peft:
         frozen = freeze(model, vision_modules(model))
@@ -201,6 +213,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def _kbit_device_map() -> dict:
+    import torch
+
     if torch.cuda.is_available():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return {"": "cpu"}
@@ -219,6 +233,8 @@ def freeze(model, prefixes: tuple[str, ...]) -> int:
 def language_model(model) -> torch.nn.Module:
     """The VLM's language model (decoder without lm_head): `model.model.language_model` in Qwen2-VL and the LLaVA
     family in transformers 5, else what get_decoder() returns."""
+    import torch
+
     inner = getattr(model, "model", model)
     lm = getattr(inner, "language_model", None)
     return lm if isinstance(lm, torch.nn.Module) else model.get_decoder()
@@ -234,6 +250,9 @@ def vision_modules(model) -> tuple[str, ...]:
 
 def lora_targets(model) -> str:
     """A PEFT target regex: every nn.Linear / Conv1D (GPT-2) leaf name under the language model, nothing else."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
     lm = language_model(model)
     prefix = next(name for name, module in model.named_modules() if module is lm)
     leaves = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
@@ -254,4 +273,6 @@ def lora_config(
         model_args.lora_target_modules = LORA_TARGETS[family] if model is None else lora_targets(model)
     if modules_to_save:
         model_args.lora_modules_to_save = sorted(set(model_args.lora_modules_to_save or []) | set(modules_to_save))
+    from trl import get_peft_config
+
     return get_peft_config(model_args)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trl import ModelConfig, SFTConfig
 
 from evals.evaluate import EvalArguments, load_for_eval
-from training import models
 from training.models import LabModelArguments, ModelNotAvailableError, load_model, load_processor
 from utils import file_names
 from utils.run_record import config_dict, redacted, write_run_record
@@ -48,8 +48,8 @@ def _spy(monkeypatch, owner, name: str) -> list[dict]:
 def test_remote_code_is_off_and_weights_are_safetensors_by_default(tiny_model_dir, monkeypatch):
     assert SFTConfig.__dataclass_fields__["trust_remote_code"].default is False
     assert EvalArguments().trust_remote_code is False
-    processor_calls = _spy(monkeypatch, models.AutoProcessor, "from_pretrained")
-    model_calls = _spy(monkeypatch, models.AutoModelForImageTextToText, "from_pretrained")
+    processor_calls = _spy(monkeypatch, transformers.AutoProcessor, "from_pretrained")
+    model_calls = _spy(monkeypatch, transformers.AutoModelForImageTextToText, "from_pretrained")
     load_processor(str(tiny_model_dir))
     load_model(ModelConfig(model_name_or_path=str(tiny_model_dir), dtype="float32"))
     load_for_eval(
@@ -63,7 +63,7 @@ def test_remote_code_is_off_and_weights_are_safetensors_by_default(tiny_model_di
 def test_training_passes_remote_code_off_from_its_config(tiny_model_dir, tmp_path, monkeypatch):
     from test_interruption import run_sft
 
-    model_calls = _spy(monkeypatch, models.AutoModelForImageTextToText, "from_pretrained")
+    model_calls = _spy(monkeypatch, transformers.AutoModelForImageTextToText, "from_pretrained")
     run_sft(tiny_model_dir, tmp_path / "run", "--max_steps", "1")
     assert model_calls and all(c["trust_remote_code"] is False and c["use_safetensors"] for c in model_calls)
 
