@@ -128,8 +128,10 @@ def main(
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from trl import TrlParser
+    from utils.cli import entry_point, parse_args
 
-    parser = TrlParser((*make_parser().dataclass_types, ScoringBenchmarkArguments))
-    main(*parser.parse_args_and_config())
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with entry_point():
+        from trl import TrlParser
+
+        main(*parse_args(TrlParser((*make_parser().dataclass_types, ScoringBenchmarkArguments))))

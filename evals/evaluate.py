@@ -90,10 +90,20 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def check_adapter(path: str) -> None:
+    """Refuse a path that is not a PEFT adapter folder (a training run's output_dir): checked before any model loads."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"adapter {path}: no such folder (give a training run's output_dir)")
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {path}: no adapter_config.json (not a PEFT adapter folder)")
+
+
 def load_for_eval(
     eval_args: EvalArguments, data_args: DataArguments, model_args: ModelConfig, lab_args: LabModelArguments
 ):
     """Base model (+ adapter) in eval mode and the processor (the adapter run's own processor when it saved one)."""
+    if eval_args.adapter_path:
+        check_adapter(eval_args.adapter_path)
     processor_path = model_args.model_name_or_path
     if eval_args.adapter_path and (Path(eval_args.adapter_path) / "processor_config.json").exists():
         processor_path = eval_args.adapter_path
@@ -109,8 +119,6 @@ def load_for_eval(
     if eval_args.adapter_path:
         from peft import PeftModel
 
-        if not (Path(eval_args.adapter_path) / "adapter_config.json").exists():
-            raise FileNotFoundError(f"{eval_args.adapter_path}: no adapter_config.json (not a PEFT adapter folder)")
         model = PeftModel.from_pretrained(model, eval_args.adapter_path)
     if torch.cuda.is_available() and _device(model).type == "cpu" and not getattr(model, "hf_device_map", None):
         model = model.to("cuda")

@@ -35,4 +35,6 @@ def cli(
 
 
 if __name__ == "__main__":
-    typer.run(cli)
+    from utils.cli import run_typer
+
+    run_typer(cli)

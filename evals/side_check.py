@@ -96,4 +96,6 @@ def main(run: Annotated[Path, typer.Argument(help="An evaluation folder (predict
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    from utils.cli import run_typer
+
+    run_typer(main)

@@ -20,7 +20,9 @@ from evals.evaluate import make_parser
 from evals.modes import zero_shot as main
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = make_parser()
-    metrics = main(*parser.parse_args_and_config())
+    with entry_point():
+        metrics = main(*parse_args(make_parser()))
     print(json.dumps(metrics, indent=2))

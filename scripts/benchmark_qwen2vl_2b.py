@@ -210,4 +210,7 @@ def main(args: Qwen2VLBenchmarkArguments) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(*HfArgumentParser(Qwen2VLBenchmarkArguments).parse_args_into_dataclasses())
+    from utils.cli import entry_point, parse_args
+
+    with entry_point():
+        main(*parse_args(HfArgumentParser(Qwen2VLBenchmarkArguments)))

@@ -72,6 +72,9 @@ def main(args: RealShapeBuildArguments) -> Path:
 
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (build_args,) = TrlParser((RealShapeBuildArguments,)).parse_args_and_config()
-    print(main(build_args))
+    with entry_point():
+        (build_args,) = parse_args(TrlParser((RealShapeBuildArguments,)))
+        print(main(build_args))

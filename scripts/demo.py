@@ -202,6 +202,9 @@ def main(args: DemoArguments) -> Path:
 
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    (demo_args,) = TrlParser((DemoArguments,)).parse_args_and_config()
-    main(demo_args)
+    with entry_point():
+        (demo_args,) = parse_args(TrlParser((DemoArguments,)))
+        main(demo_args)

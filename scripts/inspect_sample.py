@@ -29,7 +29,6 @@ from evals.prediction_files import load_annotations
 from evals.uid_selection import is_right, load_runs
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.models import ModelNotAvailableError, load_processor
-from utils.errors import DataError
 from utils.file_names import safe_stem
 from vlm_datasets.example_lookup import data_arguments, find_example, image_files, read_config
 
@@ -218,10 +217,6 @@ def main(
 
 
 if __name__ == "__main__":
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=__doc__.split("\n\n")[0])(main)
-    try:
-        app()
-    except (DataError, ValueError, OSError) as e:  # an unknown uid, a bad file: one line naming it
-        typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+    from utils.cli import run_typer
+
+    run_typer(main, help=__doc__.split("\n\n")[0], user_errors=(ValueError,))

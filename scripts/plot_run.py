@@ -174,10 +174,6 @@ def main(
 
 
 if __name__ == "__main__":
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=__doc__.split("\n\n")[0])(main)
-    try:
-        app()
-    except (OSError, ValueError) as e:  # no events, unreadable folder: one line, no traceback
-        typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+    from utils.cli import run_typer
+
+    run_typer(main, help=__doc__.split("\n\n")[0], user_errors=(ValueError,))

@@ -72,5 +72,8 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    main(*make_parser().parse_args_and_config())
+    with entry_point():
+        main(*parse_args(make_parser()))

@@ -159,6 +159,9 @@ def main(args: RehearseArguments) -> dict:
 
 
 if __name__ == "__main__":
-    (rehearse_args,) = HfArgumentParser(RehearseArguments).parse_args_into_dataclasses()
-    result = main(rehearse_args)
+    from utils.cli import entry_point, parse_args
+
+    with entry_point():
+        (rehearse_args,) = parse_args(HfArgumentParser(RehearseArguments))
+        result = main(rehearse_args)
     sys.exit(0 if result["ok"] else 1)

@@ -119,6 +119,9 @@ def main(args: SweepArguments, command: str | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    (sweep_args,) = TrlParser((SweepArguments,)).parse_args_and_config()
-    main(sweep_args)
+    with entry_point():
+        (sweep_args,) = parse_args(TrlParser((SweepArguments,)))
+        main(sweep_args)

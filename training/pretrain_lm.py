@@ -259,7 +259,10 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    trainer = main(*make_parser().parse_args_and_config())
+    with entry_point():
+        trainer = main(*parse_args(make_parser()))
     if trainer.is_world_process_zero():
         print(Path(trainer.args.output_dir) / "summary.json")
