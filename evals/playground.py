@@ -17,6 +17,7 @@ from transformers import GenerationConfig, set_seed
 from trl import ModelConfig
 
 from evals.evaluate import EvalArguments, load_for_eval
+from evals.scoring import score_likelihood
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.models import LabModelArguments
 from utils.artifacts import artifact_dir
@@ -117,10 +118,20 @@ class Playground:
         self.image_source, self.example = {"paths": [str(Path(p).resolve()) for p in paths]}, None
 
     def load_uid(self, uid: str) -> Example:
-        self.example = find_example(self.data_args, self.split, uid)
-        self.images = list(self.example.images)
-        self.image_source = {"uid": uid, "split": self.split, "dataset_source": self.data_args.dataset_source}
-        return self.example
+        return self.use_example(find_example(self.data_args, self.split, uid))
+
+    def use_example(self, example: Example) -> Example:
+        """Make `example` (of this playground's split) the current one: its images, {sentence} in prompts."""
+        self.example, self.images = example, list(example.images)
+        self.image_source = {"uid": example.uid, "split": self.split, "dataset_source": self.data_args.dataset_source}
+        return example
+
+    def p_true(self) -> float:
+        """The current example's p_true as evaluation scores it: answer likelihood under the config's template."""
+        if self.example is None:
+            raise ValueError("p_true needs a loaded example (:uid UID or :next)")
+        template = get_template(self.data_args.prompt_template)
+        return score_likelihood(self.model, self.processor, [self.example], template)[0].p_true
 
     def step(self, offset: int) -> Example | None:
         """Load the uid `offset` places from the current one in the UID cache (None: past the end)."""
@@ -169,27 +180,35 @@ def load_playground(
     split: str | None = None,
     log: Path | None = None,
     uid_cache: Path | None = None,
+    uid: str | None = None,
     **data_overrides,
 ) -> Playground:
-    """Model (+ adapter) through evals.evaluate.load_for_eval, data settings from the config and overrides.
+    """Model (+ adapter) through evals.evaluate.load_for_eval, data settings from the config and overrides, and the
+    example `uid` of the split as the current one.
 
-    The model is --model, else the config's model_name_or_path (with its adapter_path), else the embedded model.
+    The model is --model, else the config's model_name_or_path (with its adapter_path), else the embedded model. The
+    uid and the adapter are checked before the model loads: a wrong one fails in seconds.
     """
     values = read_config(config)
     data_args = data_arguments(values, **data_overrides)
+    split = split or data_args.dataset_eval_split
+    example = find_example(data_args, split, uid) if uid else None
     from_config = model is None and "model_name_or_path" in values  # the config's adapter goes with its model only
     model = model or values.get("model_name_or_path") or str(EMBEDDED_MODEL_DIR)
     adapter = adapter or (values.get("adapter_path") if from_config else None)
     model_args = ModelConfig(model_name_or_path=model, dtype=dtype or values.get("dtype") or "float32")
     lm, processor = load_for_eval(EvalArguments(adapter_path=adapter), data_args, model_args, LabModelArguments())
-    return Playground(
+    pg = Playground(
         model=lm,
         processor=processor,
         model_name=model,
         adapter=adapter,
         data_args=data_args,
-        split=split or data_args.dataset_eval_split,
+        split=split,
         knobs=knobs or DecodingKnobs(),
         log_path=Path(log) if log else default_log_path(),
         uid_cache=UidCache(uid_cache),
     )
+    if example is not None:
+        pg.use_example(example)
+    return pg

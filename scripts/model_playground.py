@@ -25,7 +25,8 @@ from typing import Annotated, TextIO
 import typer
 
 from evals.playground import DecodingKnobs, Playground, load_playground
-from utils.errors import DataError
+from utils.cli import did_you_mean
+from utils.errors import DataError, UsageError
 
 Opt = typer.Option
 HELP = """commands:
@@ -35,7 +36,17 @@ HELP = """commands:
   :ask                 the loaded example's evaluation prompt (the config's prompt_template)
   :image PATH [PATH]   images from files;   :noimage   no images
   :set KEY=VALUE ...   change decoding knobs;   :knobs   show them
-  :q                   quit (so does end of input)"""
+  :help                this list
+  :q                   quit (so does end of input)
+with a loaded example, each answer is followed by its uid, label and p_true (answer likelihood, as evaluation scores)"""
+COMMANDS = (":uid", ":next", ":prev", ":ask", ":image", ":noimage", ":set", ":knobs", ":help", ":q")
+
+
+def answer(pg: Playground, output: str) -> str:
+    """The model's output, then for a loaded example a line with its uid, label and p_true."""
+    if pg.example is None:
+        return output
+    return f"{output}\n{pg.example.uid}: label {pg.example.label}, p_true {pg.p_true():.3f}"
 
 
 def command(pg: Playground, line: str, out: TextIO) -> bool:
@@ -47,7 +58,7 @@ def command(pg: Playground, line: str, out: TextIO) -> bool:
         ex = pg.load_uid(rest.strip()) if word == ":uid" else pg.step(1 if word == ":next" else -1)
         print(f"{ex.uid}: {ex.sentence} (label {ex.label})" if ex else "no more bookmarks that way", file=out)
     elif word == ":ask":
-        print(pg.ask_template(), file=out)
+        print(answer(pg, pg.ask_template()), file=out)
     elif word == ":image":
         pg.load_paths(shlex.split(rest))
         print(f"{len(pg.images)} images", file=out)
@@ -62,10 +73,12 @@ def command(pg: Playground, line: str, out: TextIO) -> bool:
         print(asdict(pg.knobs), file=out)
     elif word == ":knobs":
         print(asdict(pg.knobs), file=out)
-    elif word.startswith(":"):
+    elif word == ":help":
         print(HELP, file=out)
+    elif word.startswith(":"):
+        raise UsageError(f"unknown command {word}{did_you_mean(word, COMMANDS)}; commands: {' '.join(COMMANDS)}")
     elif line.strip():
-        print(pg.ask(line.rstrip("\n")), file=out)
+        print(answer(pg, pg.ask(line.rstrip("\n"))), file=out)
     return True
 
 
@@ -114,7 +127,7 @@ def main(
 ) -> str | None:
     """One prompt (printed and returned), or the interactive loop when no --prompt is given."""
     if uid and image:
-        raise ValueError("--uid and --image both name images: give one of them")
+        raise UsageError("--uid and --image both name images: give one of them")
     knobs = DecodingKnobs(sample, max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty, seed)
     pg = load_playground(
         config,
@@ -131,9 +144,8 @@ def main(
         synthetic_seed=synthetic_seed,
         min_pixels=min_pixels,
         max_pixels=max_pixels,
+        uid=uid,
     )
-    if uid:
-        pg.load_uid(uid)
     if image:
         pg.load_paths(image)
     if prompt is None:
@@ -142,15 +154,11 @@ def main(
         interact(pg)
         return None
     output = pg.ask(prompt)
-    print(output)
+    print(answer(pg, output))
     return output
 
 
 if __name__ == "__main__":
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(help=__doc__.split("\n\n")[0])(main)
-    try:
-        app()
-    except (DataError, ValueError, OSError, RuntimeError) as e:  # a missing model, uid or image: one line
-        typer.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
+    from utils.cli import run_typer
+
+    run_typer(main, help=__doc__.split("\n\n")[0], user_errors=(ValueError,))

@@ -1,5 +1,6 @@
 """The playground: one-shot calls append exactly one JSON line with the knobs, seeds make sampling reproducible,
-adapters are applied, and the interactive loop walks the UID cache."""
+adapters are applied, the interactive loop walks the UID cache and names unknown commands, answers on an example show
+its uid, label and p_true, and a wrong uid or adapter fails before the model loads."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from dataclasses import asdict
 import pytest
 
 from evals.playground import DecodingKnobs, load_playground
+from evals.scoring import score_likelihood
 from scripts import model_playground
 from utils.errors import DataError
 from utils.uid_bookmarks import UidCache
 from vlm_datasets.example_lookup import data_arguments, find_example, split_index
+from vlm_datasets.prompts import get_template
 
 
 @pytest.fixture
@@ -135,3 +138,33 @@ def test_synthetic_overrides_reach_the_uid_lookup(tiny_model_dir, synthetic_conf
     model_playground.main(**common, synthetic_eval_size=26, synthetic_seed=5, log=tmp_path / "log.jsonl")
     (rec,) = (json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines())
     assert rec["images"]["uid"] == uid and rec["prompt"] == wider[uid]["sentence"]  # seed 5's sentence
+
+
+def test_uid_and_adapter_are_checked_before_the_model_loads(synthetic_config, tmp_path):
+    not_a_model = tmp_path / "empty"  # loading it would raise ModelNotAvailableError
+    not_a_model.mkdir()
+    (tmp_path / "run").mkdir()  # a folder, but no adapter in it
+    common = dict(prompt="x", config=synthetic_config, model=str(not_a_model), log=tmp_path / "log.jsonl")
+    with pytest.raises(DataError, match="uid 'syn_test-99-0-0' not found"):
+        model_playground.main(uid="syn_test-99-0-0", **common)
+    with pytest.raises(FileNotFoundError, match=f"adapter {tmp_path / 'nope'}: no such folder"):
+        model_playground.main(adapter=str(tmp_path / "nope"), **common)
+    with pytest.raises(FileNotFoundError, match=f"adapter {tmp_path / 'run'}: no adapter_config.json"):
+        model_playground.main(adapter=str(tmp_path / "run"), **common)
+
+
+def test_answers_name_the_example_and_unknown_commands_are_named(playground, synthetic_config, split_rows, tmp_path):
+    uid = list(split_rows)[1]
+    playground.data_args, playground.split = data_arguments(synthetic_config), "test"
+    playground.log_path, playground.knobs = tmp_path / "log.jsonl", DecodingKnobs(max_new_tokens=2)
+    out = io.StringIO()
+    model_playground.interact(playground, io.StringIO(f":uid {uid}\n:nxt\n{{sentence}}?\n:ask\n:help\n"), out)
+    shown = out.getvalue()
+    template = get_template(playground.data_args.prompt_template)
+    (scored,) = score_likelihood(playground.model, playground.processor, [playground.example], template)
+    facts = f"{uid}: label {split_rows[uid]['label']}, p_true {scored.p_true:.3f}"  # as an evaluation scores it
+    assert shown.count(facts) == 2  # after the free prompt's answer and after :ask's
+    commands = " ".join(model_playground.COMMANDS)
+    assert f"error: unknown command :nxt (did you mean :next?); commands: {commands}\n" in shown
+    assert model_playground.HELP in shown
+    assert len(playground.log_path.read_text().splitlines()) == 2  # the unknown command ran nothing
