@@ -1,8 +1,11 @@
 """The UID cache from the command line (utils/uid_bookmarks.py): add, list, walk and remove bookmarked uids.
 
-# Bookmark examples (a second add of the same uid merges its tags and note)
-python utils/uid_cache.py add syn_test-12-0-0 --tag odd --note "right image looks empty"
-python utils/uid_cache.py add $(cat artifacts/analysis/compare/a__vs__b/right_to_wrong.txt) --tag regression
+# Bookmark examples (a second add of the same uid merges its tags and note); each uid must be in the config's split
+python utils/uid_cache.py add syn_test-12-0-0 --config evals/configs/embedded_zero_shot.yaml --tag odd \
+    --note "right image looks empty"
+python utils/uid_cache.py add $(cat artifacts/analysis/compare/a__vs__b/right_to_wrong.txt) --tag regression \
+    --config evals/configs/embedded_finetuned.yaml
+python utils/uid_cache.py add some-uid --force    # no dataset at hand: bookmarked unchecked
 
 # List (all, or one tag), walk them, drop one
 python utils/uid_cache.py list --tag odd
@@ -22,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from utils.errors import DataError
+from utils.errors import DataError, UsageError
 from utils.uid_bookmarks import Bookmark, UidCache
 
 app = typer.Typer(add_completion=False, help="Bookmarked uids (tags, notes) for error analysis.")
@@ -41,16 +44,38 @@ def _describe(e: Bookmark) -> str:
     return f"{e.uid}{tags}{note}  ({e.time})"
 
 
+def check_uids(uids: list[str], config: Path | None, split: str | None) -> None:
+    """Every uid must be in the config's split (default its dataset_eval_split): a mistyped uid is refused, not
+    bookmarked. DataError naming the split and the missing uids; UsageError without a config."""
+    if config is None:
+        raise UsageError(
+            f"no split to check {uids[0]!r} against: give --config (a data config; --split picks its split) or --force"
+            " to bookmark unchecked"
+        )
+    from vlm_datasets.example_lookup import data_arguments, find_examples  # datasets: only when checking
+
+    args = data_arguments(config)
+    try:
+        find_examples(args, split or args.dataset_eval_split, uids)
+    except DataError as e:
+        raise DataError(e.where, f"{e.problem}; --force bookmarks it anyway") from None
+
+
 @app.command()
 def add(
     uids: Annotated[list[str], typer.Argument(help="One or more uids.")],
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeat for several).")] = None,
     note: Annotated[str, typer.Option(help="A note (merged into an existing one).")] = "",
+    config: Annotated[Path | None, typer.Option(help="Data config YAML: each uid must be in its split.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split (default: the config's dataset_eval_split).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Bookmark without checking the uids.")] = False,
     cache: CacheOpt = None,
 ) -> None:
     """Bookmark uids; an existing bookmark gains the tags and note."""
     store = UidCache(cache)
     try:
+        if not force:
+            check_uids(uids, config, split)
         for uid in uids:
             typer.echo(_describe(store.add(uid, tag or [], note)))
     except (DataError, ValueError) as e:
@@ -124,4 +149,6 @@ def prev(
 
 
 if __name__ == "__main__":
-    app()
+    from utils.cli import run_typer
+
+    run_typer(app)

@@ -119,8 +119,9 @@ def test_corrupt_file_is_refused_and_never_overwritten(cache, content, problem):
 def test_cli_add_list_next_prev_remove(tmp_path):
     path = str(tmp_path / "c.json")
     run = CliRunner().invoke
-    assert run(uid_cache.app, ["add", "u1", "u2", "--tag", "odd", "--note", "look", "--cache", path]).exit_code == 0
-    assert run(uid_cache.app, ["add", "u3", "--cache", path]).exit_code == 0
+    added = run(uid_cache.app, ["add", "u1", "u2", "--tag", "odd", "--note", "look", "--cache", path, "--force"])
+    assert added.exit_code == 0
+    assert run(uid_cache.app, ["add", "u3", "--cache", path, "--force"]).exit_code == 0
     listed = run(uid_cache.app, ["list", "--tag", "odd", "--json", "--cache", path])
     assert [e["uid"] for e in json.loads(listed.stdout)] == ["u1", "u2"]
     assert "u3" in run(uid_cache.app, ["list", "--cache", path]).stdout
@@ -133,5 +134,25 @@ def test_cli_add_list_next_prev_remove(tmp_path):
     missing = run(uid_cache.app, ["remove", "u2", "--cache", path])
     assert missing.exit_code == 1 and "u2" in missing.stderr
     (tmp_path / "c.json").write_text("garbage")
-    bad = run(uid_cache.app, ["add", "u9", "--cache", path])
+    bad = run(uid_cache.app, ["add", "u9", "--cache", path, "--force"])
     assert bad.exit_code == 2 and path in bad.stderr and (tmp_path / "c.json").read_text() == "garbage"
+
+
+def test_cli_add_checks_uids_against_the_configured_split(tmp_path, isolated_artifacts):
+    from vlm_datasets.example_lookup import data_arguments, split_index
+
+    config = tmp_path / "data.yaml"
+    config.write_text("dataset_source: synthetic\nsynthetic_eval_size: 6\ndataset_eval_split: test\n")
+    real = list(split_index(data_arguments(config), "test"))[2]
+    path = str(tmp_path / "c.json")
+    run = CliRunner().invoke
+    unknown = run(uid_cache.app, ["add", real, "syn_test-99-0-0", "--config", str(config), "--cache", path])
+    assert unknown.exit_code == 2 and not (tmp_path / "c.json").exists()  # nothing bookmarked, not even the real one
+    assert "uid 'syn_test-99-0-0' not found" in unknown.stderr and "--force bookmarks it anyway" in unknown.stderr
+    wrong_split = run(uid_cache.app, ["add", real, "--config", str(config), "--split", "dev", "--cache", path])
+    assert wrong_split.exit_code == 2 and "split 'dev'" in wrong_split.stderr
+    unchecked = run(uid_cache.app, ["add", real, "--cache", path])
+    assert unchecked.exit_code == 2 and "give --config" in unchecked.stderr and "--force" in unchecked.stderr
+    assert run(uid_cache.app, ["add", real, "--config", str(config), "--cache", path]).exit_code == 0
+    assert run(uid_cache.app, ["add", "syn_test-99-0-0", "--force", "--cache", path]).exit_code == 0
+    assert [e.uid for e in UidCache(path).entries()] == [real, "syn_test-99-0-0"]
