@@ -22,6 +22,9 @@ from training.embedded_build import BuildArguments
 from training.embedded_build import build_embedded_model as main
 
 if __name__ == "__main__":
+    from utils.cli import entry_point, parse_args
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (build_args,) = TrlParser((BuildArguments,)).parse_args_and_config()
-    print(main(build_args))
+    with entry_point():
+        (build_args,) = parse_args(TrlParser((BuildArguments,)))
+        print(main(build_args))
