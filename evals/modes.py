@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from trl import ModelConfig
 
-from evals.evaluate import EvalArguments, run_evaluation
+from evals.arguments import EvalArguments
 from training.models import LabModelArguments
 from vlm_datasets.config import DataArguments
 
@@ -20,6 +20,8 @@ def zero_shot(
     """Evaluate the base model alone; refused with an adapter_path. Returns the metrics."""
     if eval_args.adapter_path:
         raise ValueError("zero-shot evaluation takes no adapter_path; use evals/finetuned.py")
+    from evals.evaluate import run_evaluation  # here: the scripts' --help loads no model code
+
     return run_evaluation(eval_args, data_args, model_args, lab_args)
 
 
@@ -32,4 +34,6 @@ def finetuned(
     """Evaluate the base + the adapter at adapter_path (a training run's output_dir). Returns the metrics."""
     if not eval_args.adapter_path:
         raise ValueError("fine-tuned evaluation needs --adapter_path (the training run's output_dir)")
+    from evals.evaluate import run_evaluation
+
     return run_evaluation(eval_args, data_args, model_args, lab_args)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 
-from evals.evaluate import make_parser
+from evals.arguments import make_parser
 from evals.modes import zero_shot as main
 
 if __name__ == "__main__":
