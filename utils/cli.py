@@ -14,7 +14,9 @@ a mistake too.
         run_typer(main)
 
 Both also keep bitsandbytes' notice about its optional `kernels` package off the screen (VLM_STUDIES_BNB_NOTICE=1 lets
-it through). This module imports nothing of the project above utils.
+it through). bitsandbytes logs it while being imported, and trl, peft and transformers' TrainingArguments import it: the
+filter holds when that import happens inside the body (make_parser() and later), not in the module's own imports.
+This module imports nothing of the project above utils.
 """
 
 from __future__ import annotations
