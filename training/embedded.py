@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import (
-    PreTrainedTokenizerFast,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
-)
+from typing import TYPE_CHECKING
 
 from vlm_datasets.prompts import TEMPLATES
 from vlm_datasets.synthetic import generate, pretraining_rows
+
+if TYPE_CHECKING:  # imported by the builders: EMBEDDED_MODEL_DIR and the chat template need no transformers (--help)
+    from transformers import PreTrainedTokenizerFast, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
 EMBEDDED_MODEL_DIR = Path("artifacts/models/embedded-qwen2vl")
 
@@ -90,6 +84,9 @@ def _tokenizer_corpus(seed: int) -> list[str]:
 
 def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the synthetic corpus, with Qwen2-VL's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -121,6 +118,8 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> PreTrainedTokenize
 def build_processor(
     tokenizer: PreTrainedTokenizerFast, min_pixels: int = 56 * 56, max_pixels: int = 84 * 84
 ) -> Qwen2VLProcessor:
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2VLProcessor(
         image_processor=image_processor,
@@ -132,6 +131,7 @@ def build_processor(
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Qwen2VLForConditionalGeneration:
     import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2VLConfig(
