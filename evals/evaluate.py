@@ -158,7 +158,9 @@ def read_partial_predictions(path: Path, split_uids: set[str] | None) -> dict[st
 
 
 def _resume_state(out_dir: Path, fingerprint: dict, split_uids: set[str] | None, overwrite: bool) -> dict[str, dict]:
-    """Predictions to keep from an earlier run in out_dir (refused when made with other settings)."""
+    """Predictions to keep from an earlier run in out_dir (refused when made with other settings); out_dir is made
+    and its eval_state.json records this run's settings."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     state_path, pred_path = out_dir / "eval_state.json", out_dir / "predictions.jsonl"
     if overwrite:
         pred_path.unlink(missing_ok=True)
@@ -172,7 +174,10 @@ def _resume_state(out_dir: Path, fingerprint: dict, split_uids: set[str] | None,
                 "pick another output_dir or pass --overwrite true",
             )
     write_json_atomic(state_path, fingerprint)
-    return read_partial_predictions(pred_path, split_uids)
+    done = read_partial_predictions(pred_path, split_uids)
+    if done:
+        logger.info("%s: %d examples already scored, continuing", pred_path, len(done))
+    return done
 
 
 def _record(ex, scored) -> dict:
@@ -313,11 +318,65 @@ def _score_split(run: _Pass, examples: Iterable[Example], window_size: int, spli
         del window  # before the next window is read
 
 
-def _require_split_uids(done: dict[str, dict], order: list[str], pred_path: Path) -> None:
-    """Predictions resumed from a stream (not checked when read) must all belong to the split just read."""
-    foreign = sorted(set(done) - set(order))
+def _progress(split_uids: set[str] | None, done: dict[str, dict], split: str, scoring: str) -> tqdm:
+    """A progress bar over the split (no total for a stream) that starts at the examples already scored."""
+    total = len(split_uids) if split_uids is not None else None
+    return tqdm(total=total, initial=len(done), desc=f"eval {split} ({scoring})", unit="ex")
+
+
+def _final_predictions(run: _Pass, pred_path: Path) -> list[dict]:
+    """The split's records in its own order, predictions.jsonl rewritten so; refused when resumed predictions
+    (from a stream, not checked when read) name a uid the split does not hold."""
+    foreign = sorted(set(run.done) - set(run.order))
     if foreign:
         raise DataError(str(pred_path), f"uid {foreign[0]} is not in the split being evaluated")
+    records = [run.done[uid] for uid in run.order]
+    write_jsonl_atomic(pred_path, records)  # complete: the split's own order
+    return records
+
+
+def _metrics(records: list[dict], run: _Pass, eval_args: EvalArguments, out_dir: Path) -> dict:
+    """Accuracy, consistency and their confidence intervals; with the image-order probe, its rows written and
+    summarized."""
+    metrics = summarize(records) | nlvr2_metrics(records, eval_args.seed)
+    if eval_args.image_order_probe:
+        metrics["image_order_probe"] = write_probe(run.probe_rows, out_dir)
+    return metrics
+
+
+def _run_facts(
+    run: _Pass,
+    eval_args: EvalArguments,
+    data_args: DataArguments,
+    model_args: ModelConfig,
+    template,
+    manifest: dict,
+    start: float,
+) -> dict:
+    """What was evaluated and how (split, scoring, model, adapter, template, examples skipped), and how fast."""
+    speed = run.n_scored / run.score_seconds if run.n_scored and run.score_seconds > 0 else None
+    return {
+        "split": data_args.dataset_eval_split,
+        "scoring": eval_args.scoring,
+        "model": model_args.model_name_or_path,
+        "adapter": eval_args.adapter_path,
+        "prompt_template": template.name,
+        "n_skipped": manifest["skipped"]["count"],  # listed in run_record.json -> dataset.skipped
+        "bad_examples": data_args.bad_examples,
+        "n_scored_this_run": run.n_scored,
+        "examples_per_second": speed,
+        "wall_seconds": time.time() - start,
+    }
+
+
+def _write_results(eval_args: EvalArguments, metrics: dict, config: dict, template, manifest: dict) -> None:
+    """metrics.json, run_record.json (config, prompt template, data) and, unless turned off, report.md and plots."""
+    out_dir = Path(eval_args.output_dir)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    manifest = redacted(manifest)  # a hub URL or a key in the settings never reaches the file
+    write_run_record(out_dir, "eval", eval_args.seed, config, prompt_template=template, dataset=manifest)
+    if eval_args.report:
+        write_report(out_dir, seed=eval_args.seed)
 
 
 def run_evaluation(
@@ -342,48 +401,18 @@ def run_evaluation(
     split_uids = _split_uids(ds, split, template)
 
     out_dir = Path(eval_args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path = out_dir / "predictions.jsonl"
     fingerprint = _fingerprint(eval_args, data_args, model_args, template)
     done = _resume_state(out_dir, fingerprint, split_uids, eval_args.overwrite)
-    if done:
-        logger.info("%s: %d examples already scored, continuing", pred_path, len(done))
     score = partial(_score, model, processor, template=template, eval_args=eval_args)
-    with (
-        pred_path.open("a") as fh,
-        tqdm(
-            total=len(split_uids) if split_uids is not None else None,
-            initial=len(done),
-            desc=f"eval {split} ({eval_args.scoring})",
-            unit="ex",
-        ) as bar,
-    ):
+    pred_path = out_dir / "predictions.jsonl"
+    with pred_path.open("a") as fh, _progress(split_uids, done, split, eval_args.scoring) as bar:
         run = _Pass(score, eval_args.batch_size, done, fh, bar, eval_args.image_order_probe)
         _score_split(run, iter_examples(ds), eval_args.eval_window, split, template)
-    _require_split_uids(done, run.order, pred_path)
-    records = [done[uid] for uid in run.order]
-    write_jsonl_atomic(pred_path, records)  # complete: the split's own order
+    records = _final_predictions(run, pred_path)
 
-    metrics = summarize(records) | nlvr2_metrics(records, eval_args.seed)
     manifest = dataset_manifest(data_args, split)  # its "skipped": every bad example left out (uid, where, reason)
-    if eval_args.image_order_probe:
-        metrics["image_order_probe"] = write_probe(run.probe_rows, out_dir)
-    metrics |= {
-        "split": split,
-        "scoring": eval_args.scoring,
-        "model": model_args.model_name_or_path,
-        "adapter": eval_args.adapter_path,
-        "prompt_template": template.name,
-        "n_skipped": manifest["skipped"]["count"],  # listed in run_record.json -> dataset.skipped
-        "bad_examples": data_args.bad_examples,
-        "n_scored_this_run": run.n_scored,
-        "examples_per_second": run.n_scored / run.score_seconds if run.n_scored and run.score_seconds > 0 else None,
-        "wall_seconds": time.time() - start,
-    }
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    metrics = _metrics(records, run, eval_args, out_dir)
+    metrics |= _run_facts(run, eval_args, data_args, model_args, template, manifest, start)
     config = config_dict(eval_args, data_args, model_args, lab_args)
-    manifest = redacted(manifest)  # a hub URL or a key in the settings never reaches the file
-    write_run_record(out_dir, "eval", eval_args.seed, config, prompt_template=template, dataset=manifest)
-    if eval_args.report:
-        write_report(out_dir, seed=eval_args.seed)
+    _write_results(eval_args, metrics, config, template, manifest)
     return metrics
