@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 from PIL import Image
 
-# Arrow schema shared by every source: meta is a JSON string because its keys differ between sources.
-CANONICAL_FEATURES = datasets.Features(
-    {
-        "uid": datasets.Value("string"),
-        "images": datasets.Sequence(datasets.Image()),
-        "sentence": datasets.Value("string"),
-        "label": datasets.Value("bool"),  # None when unlabeled
-        "meta": datasets.Value("string"),
-    }
-)
+if TYPE_CHECKING:
+    import datasets
+
+
+@functools.cache
+def _canonical_features() -> datasets.Features:
+    """Arrow schema shared by every source: meta is a JSON string because its keys differ between sources."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "uid": datasets.Value("string"),
+            "images": datasets.Sequence(datasets.Image()),
+            "sentence": datasets.Value("string"),
+            "label": datasets.Value("bool"),  # None when unlabeled
+            "meta": datasets.Value("string"),
+        }
+    )
+
+
+def __getattr__(name: str):
+    """CANONICAL_FEATURES is built on first use: Example alone (a parser, a script's --help) needs no datasets."""
+    if name == "CANONICAL_FEATURES":
+        return _canonical_features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -55,4 +70,6 @@ def row_to_example(row: dict[str, Any]) -> Example:
 
 def examples_to_dataset(examples, split: str | None = None) -> datasets.Dataset:
     """Materialize canonical examples (any iterable) into an Arrow-backed `datasets.Dataset`."""
-    return datasets.Dataset.from_list([ex.to_row() for ex in examples], features=CANONICAL_FEATURES, split=split)
+    import datasets
+
+    return datasets.Dataset.from_list([ex.to_row() for ex in examples], features=_canonical_features(), split=split)
