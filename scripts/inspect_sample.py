@@ -30,7 +30,6 @@ from evals.uid_selection import is_right, load_runs
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.models import ModelNotAvailableError, load_processor
 from utils.file_names import safe_stem
-from vlm_datasets.example_lookup import data_arguments, find_example, image_files, read_config
 
 Opt = typer.Option
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
@@ -104,6 +103,9 @@ def describe(
     export: Path | None = None,
 ) -> dict[str, Any]:
     """The inspection as a JSON-able dict (what --json prints)."""
+    # Here, not at the top: the data sources (datasets, transformers) load when an example is looked up, not for --help.
+    from vlm_datasets.example_lookup import data_arguments, find_example, image_files, read_config
+
     values = read_config(config)
     data_args = data_arguments(values, **(overrides or {}))
     split = split or data_args.dataset_eval_split

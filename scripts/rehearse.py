@@ -34,7 +34,6 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from training.rehearsal import Phase, global_step, latest_checkpoint, run_phase, tail, write_report
-from training.rehearsal_report import build_report, render_markdown
 from vlm_datasets.stand_in_images import write_official_layout
 
 SPLIT = "dev"  # the annotations' split name: trained and evaluated on (a rehearsal, not an experiment)
@@ -131,6 +130,8 @@ def child_env(work: Path) -> dict[str, str]:
 
 
 def main(args: RehearseArguments) -> dict:
+    from training.rehearsal_report import build_report, render_markdown  # torch, for the projection: not for --help
+
     work = Path(args.work_dir or Path("artifacts/rehearsal") / Path(args.config).stem).resolve()
     data = work / "data"
     stand_ins = write_official_layout(Path(args.annotations), data, SPLIT, args.num_examples, args.seed)

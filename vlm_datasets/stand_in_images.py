@@ -24,7 +24,6 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vlm_datasets.labels import parse_identifier
-from vlm_datasets.nlvr2_official import NUM_IMAGES
 
 KINDS = ("photo", "wide", "tall", "large", "photo", "photo", "large", "photo")
 PHOTO_ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3, 9 / 16)
@@ -105,6 +104,8 @@ def write_official_layout(
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     (root / f"{split}.json").write_text("".join(lines), encoding="utf-8")
+    from vlm_datasets.nlvr2_official import NUM_IMAGES  # here: that module imports datasets (rehearse.py --help)
+
     stems = {}  # ordered, unique: sentences of one pair share its images
     for line in lines:
         ident = parse_identifier(json.loads(line)["identifier"])
