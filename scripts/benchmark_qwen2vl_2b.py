@@ -26,16 +26,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from peft import get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoConfig, HfArgumentParser, Qwen2VLConfig, Qwen2VLForConditionalGeneration, set_seed
+from transformers import HfArgumentParser
 from trl import ModelConfig
-from trl.trainer.utils import add_fused_lm_head
 
 from training.flops import count_params, peak_tflops, step_flops
 from training.models import LabModelArguments, load_model, lora_config
 from training.real_shape import TEXT_2B, TOKENS_2B, VISION_2B
+
+if TYPE_CHECKING:  # torch, transformers' models and peft load in the functions that run: --help needs none
+    import torch
 
 # --tiny: the same architecture scaled down (head_dim 16 -> mrope sections summing to 8).
 TINY_SIZES = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
@@ -71,6 +72,9 @@ def build_model_dir(args: Qwen2VLBenchmarkArguments, folder: Path) -> Path:
     """Save the random-weight model once, so Q-LoRA quantizes it through from_pretrained like a real checkpoint."""
     if (folder / "config.json").exists():
         return folder
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, set_seed
+
     text, vision, ids = (TEXT_TINY, VISION_TINY, TOKENS_TINY) if args.tiny else (TEXT_2B, VISION_2B, TOKENS_2B)
     config = Qwen2VLConfig(
         text_config=dict(text, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"]),
@@ -92,6 +96,8 @@ def token_ids(args: Qwen2VLBenchmarkArguments) -> dict[str, int]:
     """The special token ids of the model benchmarked (a folder's from its config) and `text_below`: random text ids
     are drawn under it."""
     if args.model_name_or_path:
+        from transformers import AutoConfig
+
         config = AutoConfig.from_pretrained(args.model_name_or_path)
         ids = {k: getattr(config, f"{k}_token_id") for k in ("image", "vision_start", "vision_end")}
         return dict(ids, text_below=min(150000, config.get_text_config().vocab_size))
@@ -100,6 +106,8 @@ def token_ids(args: Qwen2VLBenchmarkArguments) -> dict[str, int]:
 
 def batch_of(args: Qwen2VLBenchmarkArguments, batch_size: int, device) -> dict[str, torch.Tensor]:
     """Two images per example, random text tokens around them, labels on the last two tokens (answer + <|im_end|>)."""
+    import torch
+
     ids = token_ids(args)
     side = 56 if args.tiny else args.image_size
     grid = side // 14  # patches per side; merged 2x2 into one LM token
@@ -125,6 +133,10 @@ def batch_of(args: Qwen2VLBenchmarkArguments, batch_size: int, device) -> dict[s
 def run_cell(
     args: Qwen2VLBenchmarkArguments, model_dir: Path, method: str, batch_size: int, checkpointing: bool
 ) -> dict:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from trl.trainer.utils import add_fused_lm_head
+
     cuda = torch.cuda.is_available()
     dtype = "float32" if args.tiny and not cuda else "bfloat16"
     quantized = method == "qlora"
@@ -184,6 +196,8 @@ def run_cell(
 
 
 def main(args: Qwen2VLBenchmarkArguments) -> list[dict]:
+    import torch
+
     if args.model_name_or_path:
         model_dir = Path(args.model_name_or_path)
     else:
