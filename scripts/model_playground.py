@@ -20,13 +20,15 @@ import shlex
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from evals.playground import DecodingKnobs, Playground, load_playground
 from utils.cli import did_you_mean
 from utils.errors import DataError, UsageError
+
+if TYPE_CHECKING:  # evals.playground (torch, the model code) loads in main: --help needs none of it
+    from evals.playground import Playground
 
 Opt = typer.Option
 HELP = """commands:
@@ -128,6 +130,8 @@ def main(
     """One prompt (printed and returned), or the interactive loop when no --prompt is given."""
     if uid and image:
         raise UsageError("--uid and --image both name images: give one of them")
+    from evals.playground import DecodingKnobs, load_playground
+
     knobs = DecodingKnobs(sample, max_new_tokens, temperature, top_p, top_k, num_beams, repetition_penalty, seed)
     pg = load_playground(
         config,
