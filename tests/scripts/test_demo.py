@@ -110,11 +110,12 @@ def test_demo_prints_next_commands_that_run_as_printed(demo_run):
     argv = commands["model_playground"]
     uid = argv[argv.index("--uid") + 1]
     assert uid == (wrong or [records[0]["uid"]])[0]
-    answer = run_verbatim(argv, root).stdout.strip()
+    *answer, scored = run_verbatim(argv, root).stdout.strip().splitlines()  # the answer, then uid, label, p_true
     (logged,) = [json.loads(x) for x in (root / "logs" / "playground.jsonl").read_text().splitlines()]
     assert logged["adapter"] == str(out / "lora") and logged["model"] == str(out.parent / "model")
     assert logged["prompt"].endswith(" True or False?") and "{sentence}" not in logged["prompt"]
-    assert logged["output"].strip() == answer
+    assert logged["output"].strip() == "\n".join(answer).strip()
+    assert scored.startswith(f"{uid}: label ") and 0 <= float(scored.rsplit("p_true ", 1)[1]) <= 1
 
     board = commands["tensorboard"]  # serves until stopped: --inspect reads the same folder and exits
     assert Path(board[board.index("--logdir") + 1]) == root / "logs" / "lora"
