@@ -13,13 +13,8 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from training.callbacks import LabTrainingArguments, add_lab_callbacks, resume_checkpoint, resume_source
 from training.models import LabModelArguments, load_model, lora_config, run_processor
-from training.pipeline import training_data
-from training.shared_prefix import use_shared_prefix
-from training.trainer import LabSFTTrainer
-from training.vision_cache import use_vision_cache
 from utils.run_record import config_dict, redacted, token_to_environment, write_run_record
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import dataset_manifest
 from vlm_datasets.prompts import get_template
 
 logger = logging.getLogger(__name__)
@@ -38,6 +33,13 @@ def run_sft(
 ):
     """Train, save the adapter (or full model) and processor in output_dir, record the run; returns the trainer.
     `held_out`: what the trainer adds to eval/loss at each evaluation (training/sft.py passes evals/held_out.py's)."""
+    # The data and trainer stack (datasets, pandas) loads here: make_parser, all that --help builds, needs none of it.
+    from training.pipeline import training_data
+    from training.shared_prefix import use_shared_prefix
+    from training.trainer import LabSFTTrainer
+    from training.vision_cache import use_vision_cache
+    from vlm_datasets.loading import dataset_manifest
+
     train_lab_args = train_lab_args or LabTrainingArguments()
     set_seed(training_args.seed)
     token_to_environment(training_args)

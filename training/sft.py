@@ -30,7 +30,6 @@ import logging
 
 from trl import ModelConfig, SFTConfig
 
-from evals.held_out import held_out_accuracy
 from training.callbacks import LabTrainingArguments
 from training.fine_tuning import make_parser, run_sft
 from training.models import LabModelArguments
@@ -45,6 +44,8 @@ def main(
     train_lab_args: LabTrainingArguments | None = None,
 ):
     """One SFT run (training/fine_tuning.py) with the held-out accuracy at each evaluation (evals/held_out.py)."""
+    from evals.held_out import held_out_accuracy  # the scoring stack (datasets): for a run, not for --help
+
     return run_sft(data_args, training_args, model_args, lab_args, train_lab_args, held_out=held_out_accuracy)
 
 
