@@ -37,9 +37,7 @@ def test_training_config_loads(path):
     assert data.prompt_template in TEMPLATES
     assert path.read_text().startswith("#"), "a config starts with a comment giving its command"
     assert f"--config training/configs/{path.name}" in path.read_text()
-    if path.name.startswith("qwen2vl_2b"):
-        assert model.model_name_or_path == "Qwen/Qwen2-VL-2B-Instruct"
-        assert data.dataset_source == "hub" and data.dataset_name == "pingzhili/nlvr2"
+    if path.name.startswith("qwen2vl_2b"):  # the real-size configs: a pixel budget (memory) and bf16 (fp16 overflows)
         assert data.max_pixels is not None and train.bf16
         assert model.load_in_4bit == ("qlora" in path.name)
 

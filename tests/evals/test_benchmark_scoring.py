@@ -22,5 +22,4 @@ def test_benchmark_scores_both_ways_and_prints_the_speedup_last(tiny_model_dir, 
     seconds = {path: sum(parts.values()) for path, parts in result["seconds"].items()}
     assert abs(result["speedup"] - seconds["generate"] / seconds["likelihood"]) < 1e-9
     assert abs(result["likelihood_examples_per_second"] - 16 / seconds["likelihood"]) < 1e-6
-    assert all(t > 0 for parts in result["seconds"].values() for t in parts.values())
     assert json.loads((tmp_path / "benchmark_scoring.json").read_text())["n"] == 16

@@ -1,13 +1,11 @@
-"""Property-based tests (hypothesis): label, uid, identifier and answer parsing, and YAML config -> TrlParser
-dataclasses round trips."""
+"""Property-based tests (hypothesis): label, uid, identifier and answer parsing."""
 
 from __future__ import annotations
 
 import string
 
 import pytest
-import yaml
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from utils.errors import DataError
@@ -131,72 +129,3 @@ def test_both_polarities_or_none_is_unparseable(before, yes, no, after):
 @given(st.text())
 def test_parse_answer_never_raises(text):
     assert parse_answer(text) in (True, False, None)
-
-
-# ---- config: YAML -> TrlParser dataclasses -------------------------------------------------------------------------
-
-# Text a config may hold: printable, no surrogates (YAML cannot carry them).
-yaml_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30)
-optional_pixels = st.one_of(st.none(), st.integers(min_value=1, max_value=10**7))
-
-
-@st.composite
-def sft_configs(draw) -> dict:
-    from vlm_datasets.config import BAD_EXAMPLE_POLICIES, SOURCES
-
-    config = {
-        "dataset_source": draw(st.sampled_from(SOURCES)),
-        "dataset_name": draw(yaml_text),
-        "dataset_config": draw(st.one_of(st.none(), yaml_text)),
-        "dataset_streaming": draw(st.booleans()),
-        "dataset_cached": draw(st.booleans()),
-        "dataset_column_map": draw(
-            st.one_of(
-                st.none(),
-                st.fixed_dictionaries({"uid": yaml_text}, optional={"sentence": yaml_text, "label": yaml_text}),
-            )
-        ),
-        "dataset_train_split": draw(yaml_text),
-        "max_train_examples": draw(st.one_of(st.none(), st.integers(min_value=0, max_value=10**9))),
-        "synthetic_seed": draw(st.integers(min_value=0, max_value=2**31)),
-        "bad_examples": draw(st.sampled_from(BAD_EXAMPLE_POLICIES)),
-        "prompt_template": draw(yaml_text),
-        "min_pixels": draw(optional_pixels),
-        "max_pixels": draw(optional_pixels),
-        # SFTConfig / ModelConfig / LabModelArguments fields
-        "learning_rate": draw(st.floats(min_value=1e-8, max_value=1.0)),
-        "max_steps": draw(st.integers(min_value=1, max_value=10**6)),
-        "seed": draw(st.integers(min_value=0, max_value=2**31)),
-        "lora_r": draw(st.integers(min_value=1, max_value=512)),
-        "lora_dropout": draw(st.floats(min_value=0.0, max_value=0.9)),
-        "model_name_or_path": draw(yaml_text),
-        "freeze_vision_tower": draw(st.booleans()),
-    }
-    return config
-
-
-@settings(max_examples=25, deadline=None)
-@given(config=sft_configs())
-def test_yaml_configs_round_trip_through_the_training_parser(config, tmp_path_factory):
-    from training.sft import make_parser
-
-    path = tmp_path_factory.mktemp("config") / "c.yaml"
-    path.write_text(yaml.safe_dump({**config, "bf16": False, "output_dir": "out", "report_to": "none"}))
-    parsed = make_parser().parse_args_and_config(["--config", str(path)])
-    fields = {}
-    for obj in parsed:
-        fields |= vars(obj)
-    for key, value in config.items():
-        assert fields[key] == value, key
-
-
-@settings(max_examples=15, deadline=None)
-@given(config=sft_configs(), override=st.integers(min_value=1, max_value=10**6))
-def test_command_line_flags_override_the_yaml(config, override, tmp_path_factory):
-    from training.sft import make_parser
-
-    assume(config["max_steps"] != override)
-    path = tmp_path_factory.mktemp("config") / "c.yaml"
-    path.write_text(yaml.safe_dump({**config, "bf16": False, "output_dir": "out", "report_to": "none"}))
-    data, train, *_ = make_parser().parse_args_and_config(["--config", str(path), "--max_steps", str(override)])
-    assert train.max_steps == override and data.synthetic_seed == config["synthetic_seed"]

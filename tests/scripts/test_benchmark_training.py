@@ -44,12 +44,11 @@ def test_benchmark_smoke_run_prints_a_speedup(tiny_model_dir, tmp_path, isolated
     )
     report = main(*args)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == f"speedup: {report['speedup']:.3f}" and report["speedup"] > 0
+    assert lines[-1] == f"speedup: {report['speedup']:.3f}"
     runs = report["runs"]
     for name in ("trl", "lab", "trl_newline_masked"):
         run = runs[name][0]
-        assert run["steps_timed"] == 2 and run["samples_per_s"] > 0 and run["tokens_per_s"] > 0
-        assert run["peak_memory_mb"] > 0 and len(run["losses"]) == 4
+        assert run["steps_timed"] == 2 and len(run["losses"]) == 4
     # Same rows in the same order: with TRL's newline label masked the losses are the lab's.
     assert report["loss_lab_vs_trl_newline_masked"]["max_abs"] < 1e-4
     assert report["loss_lab_vs_trl"]["max_abs"] > 1e-3  # the newline is a real difference
@@ -61,6 +60,6 @@ def test_benchmark_smoke_run_prints_a_speedup(tiny_model_dir, tmp_path, isolated
     # at setup (32 examples x 2 images, all 4 x 4 training rows then served from it), all with the same losses.
     lab, uncached, filled = runs["lab"][0], runs["lab+no_vision_cache"][0], runs["lab+vision_cache_precompute"][0]
     assert lab["vision_feature_cache"]["misses"] > 0 and uncached["vision_feature_cache"] is None
-    assert filled["vision_feature_cache"]["hits"] >= 4 * 4 * 2 and filled["setup_s"] > 0
+    assert filled["vision_feature_cache"]["hits"] >= 4 * 4 * 2
     for other in (uncached, filled):
         assert max(abs(a - b) for a, b in zip(lab["losses"], other["losses"], strict=True)) < 1e-6

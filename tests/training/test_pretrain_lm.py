@@ -127,17 +127,7 @@ def test_config_round_trip(path, tmp_path):
     # GPU configs say bf16; on a CPU-only machine TrainingArguments accepts that only with use_cpu.
     parsed = make_parser().parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
     data, model, ev, train = parsed
-    text = path.read_text()
-    assert text.startswith("#") and f"--config training/configs/{path.name}" in text
-    assert data.block_size <= model.n_positions and train.max_steps > 0 and train.lr_scheduler_type == "cosine"
-    assert train.warmup_steps > 0 and "tensorboard" in train.report_to
-    if "124m" in path.name:  # the real thing: GPT-2 small on TinyStories, streamed, GPT-2's tokenizer
-        assert (model.n_embd, model.n_layer, model.n_head, model.n_positions) == (768, 12, 12, 1024)
-        assert data.dataset_source == "hub" and data.dataset_name == "roneneldan/TinyStories" and data.dataset_streaming
-        assert model.tokenizer_source == "pretrained" and model.tokenizer_name_or_path == "openai-community/gpt2"
-        assert train.bf16
-    else:
-        assert data.dataset_source == "synthetic" and model.tokenizer_source == "train"
+    assert data.block_size <= model.n_positions  # a longer block would index past the position table
 
     # The config section of run_record.json, written as a run writes it, parses back to the same arguments.
     record = write_json_atomic(tmp_path / "run_record.json", {"config": run_config(*parsed)})
@@ -195,7 +185,7 @@ def test_train_evaluate_save_and_reload(tmp_path, isolated_artifacts):
     assert summary["unigram_perplexity"] > 1 and summary["perplexity_ratio"] == pytest.approx(
         summary["val_perplexity"] / summary["unigram_perplexity"]
     )
-    assert summary["wall_seconds"] > 0 and "byte-level BPE" in summary["tokenizer"]
+    assert "byte-level BPE" in summary["tokenizer"]
     evals = [e for e in trainer.state.log_history if "eval_perplexity" in e]
     assert [e["step"] for e in evals] == [3, 6]  # periodic and at the end
 
