@@ -30,19 +30,20 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, TrlParser
 
-from training.baseline import lab_trainer, loss_difference, trl_trainer
-from training.benchmarking import RunResult, data_loading, timed_runs
 from training.callbacks import LabTrainingArguments
-from training.collators import ExampleCollator
 from training.models import LabModelArguments, load_model, lora_config, run_processor
 from utils.run_record import library_versions
 from vlm_datasets.config import DataArguments
 from vlm_datasets.prompts import get_template
+
+if TYPE_CHECKING:  # the trainers and the data stack load when a benchmark runs, not for --help
+    from training.benchmarking import RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,11 @@ class TrainingBenchmarkArguments:
 
 def build(name, data_args, training_args, model_args, processor, template, lab_args=None):
     """(trainer, setup seconds) of the baseline ("trl", "trl_newline_masked") or a lab variant ("lab", "lab+<v>")."""
+    from trl import SFTTrainer
+
+    from training.baseline import lab_trainer, trl_trainer
+    from training.collators import ExampleCollator
+
     set_seed(training_args.seed)
     args, margs = copy.deepcopy(training_args), copy.deepcopy(model_args)
     overrides = {}
@@ -116,6 +122,9 @@ def build(name, data_args, training_args, model_args, processor, template, lab_a
 
 
 def main(bench, data_args, training_args, model_args, lab_args, train_lab_args=None) -> dict:
+    from training.baseline import loss_difference
+    from training.benchmarking import data_loading, timed_runs
+
     training_args.logging_steps, training_args.save_strategy, training_args.report_to = 1, "no", []
     training_args.disable_tqdm, training_args.eval_strategy = True, "no"  # training throughput only
     template = get_template(data_args.prompt_template)

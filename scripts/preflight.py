@@ -25,10 +25,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from training.callbacks import LabTrainingArguments
 from training.models import LabModelArguments, run_processor
-from training.pipeline import tokenize_split
-from training.preflight import describe_cuts, token_budget
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import load_split, require_labels
 from vlm_datasets.prompts import get_template
 
 
@@ -39,6 +36,11 @@ class PreflightArguments:
 
 
 def main(pre: PreflightArguments, data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig, *_):
+    # The data stack (datasets, pandas) loads for a check, not for --help.
+    from training.pipeline import tokenize_split
+    from training.preflight import describe_cuts, token_budget
+    from vlm_datasets.loading import load_split, require_labels
+
     split = pre.split or data_args.dataset_train_split
     processor = run_processor(model_args, data_args, trust_remote_code=training_args.trust_remote_code)
     ds = require_labels(load_split(data_args, split, limit=data_args.preflight_examples), data_args, split)
