@@ -26,13 +26,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from trl import TrlParser
 
-from evals.arguments import make_parser
+from evals.evaluate import make_parser
+from evals.held_out import held_out_accuracy
 from evals.modes import finetuned, zero_shot
 from evals.prediction_files import read_prediction_records
 from training.embedded import EMBEDDED_MODEL_DIR
 from training.embedded_build import BuildArguments, build_embedded_model
+from training.fine_tuning import make_parser as sft_parser
+from training.fine_tuning import run_sft
 from training.models import cpu_has_native_bf16
 from utils.atomic_write import write_json_atomic
 
@@ -77,8 +81,6 @@ def _eval_args(config: str, *overrides: str):
 
 def _precision_overrides(mode: str) -> list[str]:
     """SFT flags for `sft_bf16`: on a CPU, bf16 autocast needs `use_cpu` set (the Trainer refuses bf16 otherwise)."""
-    import torch
-
     on_cpu = not torch.cuda.is_available()
     if mode == "false" or (mode == "auto" and not (on_cpu and cpu_has_native_bf16())):
         return []
@@ -121,11 +123,6 @@ def next_commands(args: DemoArguments, out: Path, logging_dir: str | None) -> li
 
 
 def main(args: DemoArguments) -> Path:
-    # The training and scoring stack (TrainingArguments imports peft) loads for a run, not for --help.
-    from evals.held_out import held_out_accuracy
-    from training.fine_tuning import make_parser as sft_parser
-    from training.fine_tuning import run_sft
-
     start = time.time()
     out = Path(args.output_dir)
     common = ["--model_name_or_path", args.model_dir]

@@ -11,7 +11,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from transformers import set_seed
+
 from training.embedded import EMBEDDED_MODEL_DIR, build_model, build_processor, build_tokenizer
+from training.pretrain_embedded import (
+    PretrainSettings,
+    pretraining_accuracy,
+    train_language_model,
+    train_vision_tower,
+)
 from utils.atomic_write import write_json_atomic
 from utils.run_record import library_versions
 from vlm_datasets.synthetic import CELL, SyntheticConfig
@@ -63,16 +71,6 @@ def build_embedded_model(args: BuildArguments) -> Path:
             logger.info("embedded model at %s already built with these settings (reusing it)", out)
             return out
         logger.info("embedded model at %s was built with other settings: rebuilding", out)
-
-    # The training stack (transformers' set_seed imports peft) loads for a build, not for the parser (--help).
-    from transformers import set_seed
-
-    from training.pretrain_embedded import (
-        PretrainSettings,
-        pretraining_accuracy,
-        train_language_model,
-        train_vision_tower,
-    )
 
     start = time.time()
     set_seed(args.seed)
