@@ -1,5 +1,6 @@
 # make demo: set up .venv (if needed) and run the main job on the embedded default.
-# make test: set up .venv (if needed) and run the test suite offline.
+# make test: set up .venv (if needed) and run the test suite offline (both tiers: what CI runs).
+# make test-fast: the unit tier only (pytest -m "not integration"): no training, notebooks, browser or entry-point runs.
 # make lint: ruff (lint, then format check) and the import layers check (tests/test_layers.py).
 # make lock: re-resolve requirements.txt to the newest versions its ranges admit, pin them in constraints.txt, test.
 # .venv installs the pinned stack: requirements.txt's ranges, constrained to constraints.txt's exact versions.
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCK_VENV := .venv-lock
 
-.PHONY: demo test lint setup lock clean-artifacts
+.PHONY: demo test test-fast lint setup lock clean-artifacts
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not integration"
 
 lint: $(STAMP)
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m pytest -q tests/test_layers.py

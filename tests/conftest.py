@@ -10,6 +10,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Fixtures that build a model: every test using one (directly or through another fixture) is an integration test, so
+# a new test that loads, trains or evaluates a model lands in that tier without a mark of its own.
+MODEL_FIXTURES = {"tiny_model_dir", "tiny_composed_vlm"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `integration` each test that uses a model fixture or is real_size (make test-fast runs the rest)."""
+    for item in items:
+        if MODEL_FIXTURES & set(item.fixturenames) or item.get_closest_marker("real_size"):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

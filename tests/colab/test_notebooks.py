@@ -96,6 +96,7 @@ def test_notebooks_are_generated_and_clean():
         assert "REPO_URL =" in code[0].source and sum("REPO_URL =" in c.source for c in code) == 1
 
 
+@pytest.mark.integration
 def test_colab_setup_stops_on_the_placeholder_url(tmp_path):
     """On Colab (google.colab importable) with REPO_URL left as shipped, setup stops with the fix before mounting."""
     fake = tmp_path / "fake_colab" / "google" / "colab"
@@ -113,6 +114,7 @@ def test_colab_setup_stops_on_the_placeholder_url(tmp_path):
     assert "REPO_URL is still the placeholder" in error.evalue and "VLM_STUDIES_REPO_URL" in error.evalue
 
 
+@pytest.mark.integration
 def test_train_notebook_runs(trained_root):
     root, nb = trained_root
     text = outputs_text(nb.cells)
@@ -125,6 +127,7 @@ def test_train_notebook_runs(trained_root):
     assert "| train/loss |" in (plots / "summary.md").read_text()
 
 
+@pytest.mark.integration
 def test_train_notebook_picks_float32_without_a_gpu(trained_root):
     root, nb = trained_root
     assert "dtype float32: no CUDA GPU" in outputs_text([code_cell(nb, "# Precision")])
@@ -135,6 +138,7 @@ def test_train_notebook_picks_float32_without_a_gpu(trained_root):
     assert (config["SFTConfig"]["bf16"], config["SFTConfig"]["fp16"]) == (False, False)
 
 
+@pytest.mark.integration
 def test_train_notebook_caps_the_evaluation(trained_root):
     root, nb = trained_root
     assert "--max_eval_examples 12" in outputs_text([code_cell(nb, "# Evaluate")])
@@ -143,6 +147,7 @@ def test_train_notebook_caps_the_evaluation(trained_root):
     assert len(predictions) == metrics["n"] == 12  # the test split holds 16: the cap cut it
 
 
+@pytest.mark.integration
 def test_train_notebook_starts_tensorboard_on_the_logs(trained_root):
     _, nb = trained_root
     cell = code_cell(nb, "# Live curves")
@@ -151,6 +156,7 @@ def test_train_notebook_starts_tensorboard_on_the_logs(trained_root):
     assert "ERROR" not in shown and "<iframe" in shown, shown
 
 
+@pytest.mark.integration
 def test_playground_notebook_runs(trained_root):
     root, _ = trained_root
     nb = execute(nbformat.read(COLAB / "Playground.ipynb", as_version=4), kernel_env(root))

@@ -194,6 +194,7 @@ def run_compare_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration
 def test_cli_names_a_missing_path_in_one_line(tmp_path):
     write_run(tmp_path / "a", 1)
     (tmp_path / "empty").mkdir()

@@ -91,6 +91,7 @@ def test_report_without_p_true_still_writes_every_plot(tmp_path):
         assert_png(png)
 
 
+@pytest.mark.integration
 def test_plot_names_and_links_follow_the_run_folder(tmp_path):
     run = write_run(tmp_path / "zero shot #2")  # a space and a hash: the links must be quoted to reach the files
     report = subprocess.run(

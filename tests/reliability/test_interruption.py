@@ -271,6 +271,7 @@ def cache_state_after_kill(cache_dir: Path, train_size: int = 1500) -> str:
     return "new" if splits == {"dev": 4, "train": train_size} else "partial"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("trial", range(2))
 def test_a_killed_cache_build_never_leaves_a_cache_that_verifies_partially(tmp_path, trial):
     cache_dir = tmp_path / "cache"

@@ -245,6 +245,7 @@ def chromium(*args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("embed", [False, True])
 def test_gallery_renders_in_headless_chromium(odd_manifest, tmp_path, embed):
     page = odd_gallery(odd_manifest, tmp_path / "gallery", embed=embed)
@@ -309,6 +310,7 @@ def first_screen(page: Path, profile: str) -> str:
     return re.search(r"<title>(.*)</title>", dom).group(1)
 
 
+@pytest.mark.integration
 def test_cards_fit_the_first_screen_at_1400x1800(synthetic_config, split_rows, runs, tmp_path):
     profile = f"--user-data-dir={tmp_path / 'profile'}"
     page = bookmarked_runs_gallery(synthetic_config, runs, list(split_rows), tmp_path / "runs")
@@ -341,6 +343,7 @@ window.addEventListener("load", () => {  // a user choosing "uid" then ticking "
 </body>"""
 
 
+@pytest.mark.integration
 def test_url_hash_and_controls_sort_and_filter_as_the_command_line(synthetic_config, split_rows, runs, tmp_path):
     uids = list(split_rows)
     page = bookmarked_runs_gallery(synthetic_config, runs, uids, tmp_path / "page")

@@ -122,6 +122,7 @@ cb.copy_atomically(Path(sys.argv[1]), Path(sys.argv[2]), step=2)
 """
 
 
+@pytest.mark.integration
 def test_a_copy_killed_half_way_is_never_resumed_from(tmp_path):
     run, mirror = tmp_path / "run", tmp_path / "mirror"
     copy_atomically(fake_checkpoint(run / "checkpoint-1", 1), mirror / "checkpoint-1", step=1)

@@ -228,6 +228,7 @@ def run_script(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 def test_sft_unknown_flag_and_missing_config(tmp_path):
     done = run_script("training/sft.py", "--config", str(SFT_CONFIG), "--learning_rat", "0.1")
     assert (done.returncode, done.stderr.splitlines()[-1:]) == (
@@ -241,6 +242,7 @@ def test_sft_unknown_flag_and_missing_config(tmp_path):
     assert done.stderr.splitlines()[-1] == f"utils.errors.UsageError: {missing}: no such config file"
 
 
+@pytest.mark.integration
 def test_a_missing_adapter_fails_before_the_base_model_loads(tmp_path):
     not_a_model = tmp_path / "empty"  # loading it would fail otherwise: "model ... could not be loaded"
     not_a_model.mkdir()

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from utils.uid_bookmarks import UidCache
+
+pytestmark = pytest.mark.integration  # two processes
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = """
