@@ -60,6 +60,7 @@ def run_verbatim(argv: list[str], root: Path) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.integration
 def test_build_reuses_a_matching_build_and_rebuilds_otherwise(tmp_path):
     args = build_embedded_model.BuildArguments(output_dir=str(tmp_path / "m"), vision_steps=2, steps=0)
     out = build_embedded_model.main(args)
@@ -74,6 +75,7 @@ def test_build_reuses_a_matching_build_and_rebuilds_otherwise(tmp_path):
     assert not (tmp_path / "m.building").exists()
 
 
+@pytest.mark.integration
 def test_demo_end_to_end_small(demo_run):
     path, lines, _ = demo_run
     assert lines[-1] == str(path)
@@ -87,6 +89,7 @@ def test_demo_end_to_end_small(demo_run):
     assert any("zero-shot" in line and "LoRA" in line for line in lines)
 
 
+@pytest.mark.integration
 def test_demo_prints_next_commands_that_run_as_printed(demo_run):
     path, lines, root = demo_run
     out = path.parent
