@@ -10,11 +10,19 @@ python scripts/build_embedded_model.py --output_dir /tmp/untrained --vision_step
 
 # Force a rebuild
 python scripts/build_embedded_model.py --force true
+
+# Rebuild from scratch and refresh the shipped base (training/embedded_base, what make demo starts from) with it
+python scripts/build_embedded_model.py --force true --refresh_shipped true
+
+Every build records its command, date, machine, settings, library versions and the SHA-256 of each file in
+build_info.json; the demo refuses a shipped file that no longer matches.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 
 from trl import TrlParser
 
@@ -27,4 +35,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         (build_args,) = parse_args(TrlParser((BuildArguments,)))
-        print(main(build_args))
+        print(main(build_args, command=shlex.join(["python", *sys.argv])))

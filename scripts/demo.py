@@ -1,8 +1,10 @@
-"""The lab's main job on the embedded default, offline on a CPU: build the small base (unless already built), evaluate
-it zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, print the table and write summary.json.
+"""The lab's main job on the embedded default, offline on a CPU: put the small base where the configs look (a copy
+of the shipped training/embedded_base, every file checked against its recorded SHA-256; no pretraining), evaluate it
+zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, print the table and write summary.json.
 
 Each step runs what the entry point a user runs by hand runs (its library function), with the same YAML config:
-  scripts/build_embedded_model.py, evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
+  scripts/build_embedded_model.py (only with --build_vision_steps / --build_steps: a base built here instead),
+  evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
   training/sft.py (training/configs/embedded_lora.yaml, with batches of 96 at learning rate 1.5e-3, bf16 autocast
   on a CPU with native bf16), evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
 
@@ -11,6 +13,9 @@ python scripts/demo.py
 
 # Elsewhere, or with a shorter fine-tuning
 python scripts/demo.py --output_dir /tmp/demo --sft_max_steps 100
+
+# On a base built here from scratch (minutes of pretraining) instead of the shipped one
+python scripts/demo.py --model_dir /tmp/base --build_vision_steps 100 --build_steps 700
 
 It ends with the analysis commands to run next on its own outputs (report, gallery of wrong answers, zero-shot vs
 LoRA comparison, playground on the adapter, TensorBoard), paths filled in, then the path of summary.json.
@@ -26,17 +31,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from trl import TrlParser
 
-from evals.evaluate import make_parser
-from evals.held_out import held_out_accuracy
+from evals.arguments import make_parser
 from evals.modes import finetuned, zero_shot
 from evals.prediction_files import read_prediction_records
 from training.embedded import EMBEDDED_MODEL_DIR
-from training.embedded_build import BuildArguments, build_embedded_model
-from training.fine_tuning import make_parser as sft_parser
-from training.fine_tuning import run_sft
+from training.embedded_build import (
+    SHIPPED_MODEL_DIR,
+    BuildArguments,
+    build_embedded_model,
+    provide_shipped_model,
+    read_build_info,
+)
 from training.models import cpu_has_native_bf16
 from utils.atomic_write import write_json_atomic
 
@@ -47,6 +54,10 @@ REPO = Path(__file__).resolve().parents[1]
 class DemoArguments:
     output_dir: str = field(default="artifacts/demo", metadata={"help": "Run folder: evals, adapter, summary.json."})
     model_dir: str = field(default=str(EMBEDDED_MODEL_DIR), metadata={"help": "Embedded base model folder."})
+    shipped_model_dir: str = field(
+        default=str(SHIPPED_MODEL_DIR),
+        metadata={"help": "The committed base, copied to model_dir (SHA-256 checked) unless a checked copy is there."},
+    )
     sft_config: str = field(default="training/configs/embedded_lora.yaml", metadata={"help": "SFT config."})
     zero_shot_config: str = field(default="evals/configs/embedded_zero_shot.yaml", metadata={"help": "Eval config."})
     finetuned_config: str = field(default="evals/configs/embedded_finetuned.yaml", metadata={"help": "Eval config."})
@@ -70,8 +81,12 @@ class DemoArguments:
         },
     )
     max_eval_examples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
-    build_vision_steps: int | None = field(default=None, metadata={"help": "Override the base build's stage 1."})
-    build_steps: int | None = field(default=None, metadata={"help": "Override the base build's stage 2."})
+    build_vision_steps: int | None = field(
+        default=None, metadata={"help": "Build the base in model_dir with this stage 1 (instead of the shipped one)."}
+    )
+    build_steps: int | None = field(
+        default=None, metadata={"help": "Build the base in model_dir with this stage 2 (instead of the shipped one)."}
+    )
 
 
 def _eval_args(config: str, *overrides: str):
@@ -81,6 +96,8 @@ def _eval_args(config: str, *overrides: str):
 
 def _precision_overrides(mode: str) -> list[str]:
     """SFT flags for `sft_bf16`: on a CPU, bf16 autocast needs `use_cpu` set (the Trainer refuses bf16 otherwise)."""
+    import torch
+
     on_cpu = not torch.cuda.is_available()
     if mode == "false" or (mode == "auto" and not (on_cpu and cpu_has_native_bf16())):
         return []
@@ -122,25 +139,27 @@ def next_commands(args: DemoArguments, out: Path, logging_dir: str | None) -> li
     return commands
 
 
-def main(args: DemoArguments) -> Path:
-    start = time.time()
-    out = Path(args.output_dir)
-    common = ["--model_name_or_path", args.model_dir]
-    if args.max_eval_examples is not None:
-        common += ["--max_eval_examples", str(args.max_eval_examples)]
+def base_model(args: DemoArguments) -> tuple[str, str]:
+    """The base in model_dir: ("shipped", what was done) for a checked copy of the shipped base, or ("built", ...)
+    when a build setting is given."""
+    if args.build_vision_steps is None and args.build_steps is None:
+        return "shipped", provide_shipped_model(args.model_dir, args.shipped_model_dir)
     build = BuildArguments(output_dir=args.model_dir)
     if args.build_vision_steps is not None:
         build.vision_steps = args.build_vision_steps
     if args.build_steps is not None:
         build.steps = args.build_steps
+    build_embedded_model(build, command=shlex.join(["python", *sys.argv]))
+    return "built", f"{args.model_dir}: built here (vision_steps {build.vision_steps}, steps {build.steps})"
 
-    print(f"[1/4] embedded base model: {args.model_dir}")
-    build_embedded_model(build)
 
-    print("[2/4] zero-shot evaluation")
-    zs = zero_shot(*_eval_args(args.zero_shot_config, *common, "--output_dir", str(out / "zero_shot")))
+def fine_tune(args: DemoArguments, common: list[str], out: Path):
+    """training/sft.py's run on embedded_lora.yaml with the demo's overrides: (trainer, its parsed arguments)."""
+    # The training and scoring stack (TrainingArguments imports peft) loads for a run, not for --help.
+    from evals.held_out import held_out_accuracy
+    from training.fine_tuning import make_parser as sft_parser
+    from training.fine_tuning import run_sft
 
-    print("[3/4] LoRA fine-tuning (training/sft.py)")
     sft_overrides = ["--config", str(REPO / args.sft_config), *common, "--output_dir", str(out / "lora")]
     if args.sft_max_steps is not None:
         sft_overrides += ["--max_steps", str(args.sft_max_steps)]
@@ -150,8 +169,30 @@ def main(args: DemoArguments) -> Path:
         sft_overrides += ["--learning_rate", str(args.sft_learning_rate)]
     sft_overrides += _precision_overrides(args.sft_bf16)
     sft_args = sft_parser().parse_args_and_config(sft_overrides)
-    trainer = run_sft(*sft_args, held_out=held_out_accuracy)
+    return run_sft(*sft_args, held_out=held_out_accuracy), sft_args
+
+
+def main(args: DemoArguments) -> Path:
+    start = time.time()
+    phases = {}
+    out = Path(args.output_dir)
+    common = ["--model_name_or_path", args.model_dir]
+    if args.max_eval_examples is not None:
+        common += ["--max_eval_examples", str(args.max_eval_examples)]
+
+    source, what = base_model(args)
+    base_info = read_build_info(args.model_dir)
+    print(f"[1/4] embedded base model: {what}")
+    phases["base"] = time.time() - start
+
+    print("[2/4] zero-shot evaluation")
+    zs = zero_shot(*_eval_args(args.zero_shot_config, *common, "--output_dir", str(out / "zero_shot")))
+    phases["zero_shot"] = time.time() - start - sum(phases.values())
+
+    print("[3/4] LoRA fine-tuning (training/sft.py)")
+    trainer, sft_args = fine_tune(args, common, out)
     train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    phases["sft"] = time.time() - start - sum(phases.values())
 
     print("[4/4] fine-tuned evaluation")
     ft = finetuned(
@@ -166,6 +207,7 @@ def main(args: DemoArguments) -> Path:
     )
 
     wall = time.time() - start
+    phases["finetuned"] = wall - sum(phases.values())
     print()
     print(f"Embedded default (small local Qwen2-VL, synthetic NLVR-style split '{zs['split']}', n={zs['n']})")
     print(f"{'':28}{'zero-shot':>12}{'LoRA':>12}")
@@ -178,6 +220,8 @@ def main(args: DemoArguments) -> Path:
         "finetuned_accuracy": ft["accuracy"],
         "n_eval": ft["n"],
         "wall_seconds": round(wall, 1),
+        "phase_seconds": {k: round(v, 1) for k, v in phases.items()},
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "eval_split": ft["split"],
         "accuracy_by_category": {
             "zero_shot": zs["accuracy_by_category"],
@@ -189,6 +233,7 @@ def main(args: DemoArguments) -> Path:
         "sft_learning_rate": trainer.args.learning_rate,
         "sft_bf16": trainer.args.bf16,
         "model": args.model_dir,
+        "base": {"source": source, **{k: base_info[k] for k in ("built", "command", "weights") if k in base_info}},
         "data": "synthetic NLVR-style (vlm_datasets/synthetic.py), embedded default",
         "outputs": {k: str(out / k) for k in ("zero_shot", "lora", "finetuned")},
     }

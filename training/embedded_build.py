@@ -1,30 +1,31 @@
 """Build the embedded default: a small Qwen2-VL-architecture model + processor, pretrained on synthetic tasks, saved in
 HF format so the lab loads it through the same from_pretrained path as Qwen/Qwen2-VL-2B-Instruct. No network.
+Every build records the SHA-256 of its files in build_info.json; the default build ships in training/embedded_base/,
+and `provide_shipped_model` puts a checked copy of it where the configs look (artifacts/models/embedded-qwen2vl).
 The command line: scripts/build_embedded_model.py.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from transformers import set_seed
-
 from training.embedded import EMBEDDED_MODEL_DIR, build_model, build_processor, build_tokenizer
-from training.pretrain_embedded import (
-    PretrainSettings,
-    pretraining_accuracy,
-    train_language_model,
-    train_vision_tower,
-)
 from utils.atomic_write import write_json_atomic
 from utils.run_record import library_versions
 from vlm_datasets.synthetic import CELL, SyntheticConfig
 
 logger = logging.getLogger(__name__)
+
+# The default build, committed with its build_info.json (settings, command, date, machine, versions, SHA-256 of every
+# file): the demo starts from a checked copy of it instead of pretraining for minutes.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "embedded_base"
 
 
 @dataclass
@@ -54,23 +55,121 @@ class BuildArguments:
         },
     )
     force: bool = field(default=False, metadata={"help": "Rebuild even if output_dir holds a matching build."})
+    refresh_shipped: bool = field(
+        default=False,
+        metadata={
+            "help": "Then copy the build over the shipped base (training/embedded_base: what make demo starts from), "
+            "its build_info.json with it; default settings only."
+        },
+    )
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("output_dir", "force")}
+        return {k: v for k, v in asdict(self).items() if k not in ("output_dir", "force", "refresh_shipped")}
 
 
-def build_embedded_model(args: BuildArguments) -> Path:
-    """Build (or reuse, when output_dir holds a build with the same settings) the embedded default; its folder."""
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_build_info(folder: str | Path) -> dict | None:
+    """A build folder's build_info.json, or None when it has none."""
+    path = Path(folder) / "build_info.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def verify_build(folder: str | Path) -> dict:
+    """A build's build_info.json, after checking every file it lists against the SHA-256 recorded there; a missing
+    record, a missing file or one that differs raises ValueError naming the file."""
+    folder = Path(folder)
+    info, record = read_build_info(folder), folder / "build_info.json"
+    if info is None:
+        raise ValueError(f"{record}: no such file: {folder} holds no embedded build")
+    if not info.get("sha256"):
+        raise ValueError(f"{record}: records no SHA-256 of the build's files, so they cannot be checked")
+    for name, expected in info["sha256"].items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing (listed in {record})")
+        if (actual := file_sha256(path)) != expected:
+            raise ValueError(
+                f"{path}: changed or corrupted: SHA-256 {actual}, but {record} records {expected}. Restore it "
+                "(git restore for the shipped base) or rebuild: python scripts/build_embedded_model.py --force true"
+            )
+    return info
+
+
+def copy_build(source: str | Path, dest: str | Path) -> Path:
+    """Copy a checked build (`verify_build`) to `dest`, replacing what is there, and check the copy; `dest`."""
+    info, dest = verify_build(source), Path(dest)
+    tmp = dest.with_name(dest.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in [*info["sha256"], "build_info.json"]:
+        shutil.copyfile(Path(source) / name, tmp / name)
+    verify_build(tmp)
+    _swap_in(tmp, dest)
+    return dest
+
+
+def provide_shipped_model(model_dir: str | Path, shipped: str | Path = SHIPPED_MODEL_DIR) -> str:
+    """Make `model_dir` hold the shipped base, checked file by file; what was done, in words. A checked copy of it
+    already there is kept; a build with other settings, or that records no checksums, is replaced."""
+    model_dir, reference = Path(model_dir), verify_build(shipped)
+    present = read_build_info(model_dir)
+    if present is None and model_dir.exists() and any(model_dir.iterdir()):
+        raise ValueError(f"{model_dir}: not empty and holds no build_info.json: not an embedded build, left as it is")
+    if present and present.get("sha256") and present.get("settings") == reference["settings"]:
+        verify_build(model_dir)
+        return f"{model_dir}: a checked copy of the shipped base {shipped} (SHA-256 of every file matches)"
+    why = "absent" if present is None else "held another build: replaced"
+    copy_build(shipped, model_dir)
+    return f"{model_dir}: {why}, copied from the shipped base {shipped} (SHA-256 of every file checked)"
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` whole: a killed build or copy never leaves a half-written model in `out`."""
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+
+
+def build_embedded_model(args: BuildArguments, command: str | None = None) -> Path:
+    """Build (or reuse, when output_dir holds a build with the same settings) the embedded default; its folder.
+    `command`, the command line that asked for it, goes into build_info.json; `refresh_shipped` then copies it over
+    the shipped base."""
+    if args.refresh_shipped and args.settings() != BuildArguments().settings():
+        raise ValueError("refresh_shipped: the shipped base is the default build; drop the other settings")
     out = Path(args.output_dir)
-    info_path = out / "build_info.json"
-    if info_path.exists() and not args.force:
-        import json
+    stored = read_build_info(out)
+    if stored and stored.get("settings") == args.settings() and not args.force:
+        logger.info("embedded model at %s already built with these settings (reusing it)", out)
+    else:
+        if stored:
+            logger.info("embedded model at %s was built with other settings: rebuilding", out)
+        tmp = out.with_name(out.name + ".building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _build_into(tmp, args, command)
+        _swap_in(tmp, out)
+    if args.refresh_shipped:
+        copy_build(out, SHIPPED_MODEL_DIR)
+        logger.info("shipped base %s refreshed from %s", SHIPPED_MODEL_DIR, out)
+    return out
 
-        stored = json.loads(info_path.read_text())
-        if stored.get("settings") == args.settings():
-            logger.info("embedded model at %s already built with these settings (reusing it)", out)
-            return out
-        logger.info("embedded model at %s was built with other settings: rebuilding", out)
+
+def _build_into(tmp: Path, args: BuildArguments, command: str | None) -> None:
+    """Pretrain a fresh model and save it, its processor and build_info.json (with each file's SHA-256) in `tmp`."""
+    # The training stack (transformers' set_seed imports peft) loads for a build, not for the parser (--help).
+    import torch
+    from transformers import set_seed
+
+    from training.pretrain_embedded import (
+        PretrainSettings,
+        pretraining_accuracy,
+        train_language_model,
+        train_vision_tower,
+    )
+    from training.rehearsal_report import machine
 
     start = time.time()
     set_seed(args.seed)
@@ -91,8 +190,6 @@ def build_embedded_model(args: BuildArguments) -> Path:
         shared_prefix=args.shared_prefix,
     )
     stats = {}
-    tmp = out.with_name(out.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
     if args.vision_steps:
         stats["vision_tower"] = train_vision_tower(model, processor, pretrain, synth)
     if args.steps:
@@ -102,21 +199,24 @@ def build_embedded_model(args: BuildArguments) -> Path:
     logger.info("held-out accuracy on the pretraining tasks: %s", stats["held_out_task_accuracy"])
     model.save_pretrained(tmp)  # safetensors
     processor.save_pretrained(tmp)
+    trained = args.vision_steps or args.steps
     write_json_atomic(
         tmp / "build_info.json",
         {
             "what": "embedded default: small Qwen2-VL-architecture model built locally (not Qwen/Qwen2-VL-2B-Instruct)",
+            "weights": "pretrained on synthetic tasks by scripts/build_embedded_model.py"
+            if trained
+            else f"random (seed {args.seed}): built without pretraining by scripts/build_embedded_model.py",
+            "command": command,
+            "built": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine() | {"torch_threads": torch.get_num_threads()},
             "settings": args.settings(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "image_side_pixels": side,
             "pretraining": stats,
             "wall_seconds": round(time.time() - start, 1),
             "versions": library_versions(),
+            "sha256": {path.name: file_sha256(path) for path in sorted(tmp.iterdir()) if path.is_file()},
         },
     )
-    # Swap in whole: a killed build never leaves a half-written model in output_dir.
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
-    logger.info("embedded model saved to %s (%.0f s)", out, time.time() - start)
-    return out
+    logger.info("embedded model built in %s (%.0f s)", tmp, time.time() - start)

@@ -1,5 +1,6 @@
-"""The demo wires build -> zero-shot -> LoRA SFT -> fine-tuned eval, prints the analysis commands to run next on its
-outputs (each run here as printed) and ends by printing summary.json's path."""
+"""The demo wires the shipped base (a checked copy, no pretraining) -> zero-shot -> LoRA SFT -> fine-tuned eval, prints
+the analysis commands to run next on its outputs (each run here as printed) and ends by printing summary.json's path.
+The shipped base matches the SHA-256 recorded beside it, and a changed file is refused by name."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import pytest
 import torch
 
 from scripts import build_embedded_model, demo
+from training import embedded_build
+from training.embedded_build import SHIPPED_MODEL_DIR, provide_shipped_model, verify_build
 from training.models import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,21 +28,17 @@ NEXT = "Next, on these outputs:"
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[Path, list[str], Path]:
-    """The demo once at tiny size, run from the repository root with an artifact root of its own:
-    (summary.json path, printed lines, artifact root)."""
+    """The demo once at tiny size on the shipped base, run from the repository root with an artifact root of its own,
+    any pretraining made to fail: (summary.json path, printed lines, artifact root)."""
     tmp = tmp_path_factory.mktemp("demo")
     args = demo.DemoArguments(
-        output_dir=str(tmp / "demo"),
-        model_dir=str(tmp / "model"),
-        sft_max_steps=2,
-        max_eval_examples=16,
-        build_vision_steps=0,
-        build_steps=0,
+        output_dir=str(tmp / "demo"), model_dir=str(tmp / "model"), sft_max_steps=2, max_eval_examples=16
     )
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):  # module scope: no capsys
         mp.setenv("VLM_STUDIES_ROOT", str(tmp / "artifacts"))
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp / "hf_datasets"))
+        mp.setattr(embedded_build, "_build_into", lambda *a: pytest.fail("the demo pretrained a base"))
         mp.chdir(REPO)
         path = demo.main(args)
     return Path(path), printed.getvalue().strip().splitlines(), tmp / "artifacts"
@@ -75,11 +75,74 @@ def test_build_reuses_a_matching_build_and_rebuilds_otherwise(tmp_path):
     assert not (tmp_path / "m.building").exists()
 
 
+def test_the_shipped_base_matches_its_build_record():
+    info = verify_build(SHIPPED_MODEL_DIR)
+    files = {p.name for p in SHIPPED_MODEL_DIR.iterdir()} - {"build_info.json"}
+    assert set(info["sha256"]) == files >= {"model.safetensors", "config.json", "tokenizer.json"}
+    assert info["settings"] == build_embedded_model.BuildArguments().settings()  # the default build
+    assert info["weights"] == "pretrained on synthetic tasks by scripts/build_embedded_model.py"
+    assert info["command"].startswith("python scripts/build_embedded_model.py")
+    assert {"built", "machine", "versions"} <= info.keys()
+
+
+def shipped_copy(folder: Path) -> Path:
+    shutil.copytree(SHIPPED_MODEL_DIR, folder)
+    return folder
+
+
+def test_a_changed_shipped_file_is_refused_by_name(tmp_path):
+    shipped = shipped_copy(tmp_path / "shipped")
+    with (shipped / "tokenizer.json").open("a") as f:
+        f.write(" ")
+    with pytest.raises(ValueError, match=r"shipped/tokenizer\.json: changed or corrupted: SHA-256"):
+        provide_shipped_model(tmp_path / "model", shipped)
+    assert not (tmp_path / "model").exists()
+    (shipped / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"shipped/config\.json: missing"):
+        verify_build(shipped)
+
+
+def test_the_copy_in_model_dir_is_checked_kept_or_replaced(tmp_path):
+    shipped, model = shipped_copy(tmp_path / "shipped"), tmp_path / "model"
+    assert "copied from the shipped base" in provide_shipped_model(model, shipped)
+    stamp = (model / "model.safetensors").stat().st_mtime_ns
+    assert "a checked copy" in provide_shipped_model(model, shipped)
+    assert (model / "model.safetensors").stat().st_mtime_ns == stamp  # kept
+    (model / "model.safetensors").write_bytes(b"\0" + (model / "model.safetensors").read_bytes()[1:])
+    with pytest.raises(ValueError, match=r"model/model\.safetensors: changed or corrupted"):
+        provide_shipped_model(model, shipped)
+    info = json.loads((model / "build_info.json").read_text())
+    (model / "build_info.json").write_text(json.dumps(info | {"settings": {"steps": 1}}))  # another build
+    assert "held another build: replaced" in provide_shipped_model(model, shipped)
+    assert verify_build(model) == verify_build(shipped)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a build")
+    with pytest.raises(ValueError, match="mine: not empty and holds no build_info.json"):
+        provide_shipped_model(tmp_path / "mine", shipped)
+
+
+def test_refresh_shipped_copies_a_default_build_over_the_shipped_base(tmp_path, monkeypatch):
+    build = shipped_copy(tmp_path / "build")  # a default build: reused, not rebuilt
+    monkeypatch.setattr(embedded_build, "SHIPPED_MODEL_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(embedded_build, "_build_into", lambda *a: pytest.fail("rebuilt a matching build"))
+    args = build_embedded_model.BuildArguments(output_dir=str(build), refresh_shipped=True)
+    build_embedded_model.main(args)
+    assert verify_build(tmp_path / "shipped") == verify_build(SHIPPED_MODEL_DIR)
+    args.steps = 10
+    with pytest.raises(ValueError, match="refresh_shipped: the shipped base is the default build"):
+        build_embedded_model.main(args)
+
+
 @pytest.mark.integration
 def test_demo_end_to_end_small(demo_run):
-    path, lines, _ = demo_run
+    path, lines, root = demo_run
     assert lines[-1] == str(path)
+    model = root.parent / "model"
+    shipped = f"absent, copied from the shipped base {SHIPPED_MODEL_DIR} (SHA-256 of every file checked)"
+    assert lines[0] == f"[1/4] embedded base model: {model}: {shipped}"
+    assert (model / "build_info.json").read_bytes() == (SHIPPED_MODEL_DIR / "build_info.json").read_bytes()
     summary = json.loads(path.read_text())
+    assert summary["base"]["source"] == "shipped" and summary["base"]["built"] == verify_build(model)["built"]
     assert {"zero_shot_accuracy", "finetuned_accuracy", "n_eval", "wall_seconds"} <= summary.keys()
     assert summary["n_eval"] == 16 and summary["sft_steps"] == 2 and summary["sft_batch_size"] == 96
     assert summary["sft_learning_rate"] == 1.5e-3
