@@ -130,6 +130,7 @@ def test_pretrained_parts_are_copied_exactly(tmp_path, rows):
         torch.testing.assert_close(model.model.vision_tower(pixels).last_hidden_state, vision(pixels).last_hidden_state)
 
 
+@pytest.mark.integration
 def test_an_lm_from_pretrain_lm_composes_unchanged_and_generates(tmp_path, isolated_artifacts, rows):
     # training/pretrain_lm.py's own output (its locally trained BPE has no pad token), composed by folder with the
     # documented config, gpt2v_stories.yaml.
@@ -218,6 +219,7 @@ def changed(before, model) -> set[str]:
     return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
 
 
+@pytest.mark.integration
 def test_stage1_trains_the_projector_only(gpt2v, tmp_path):
     trainer = trainer_for(gpt2v, tmp_path, StageArguments())
     before = snapshot(trainer.model)
@@ -227,6 +229,7 @@ def test_stage1_trains_the_projector_only(gpt2v, tmp_path):
     assert {n for n in before if ".multi_modal_projector." in n} == moved
 
 
+@pytest.mark.integration
 def test_stage2_lora_trains_adapters_and_projector_not_the_base(gpt2v, tmp_path):
     stage = StageArguments(stage_name="instruct", train_language_model="lora")
     trainer = trainer_for(gpt2v, tmp_path, stage)
@@ -255,6 +258,7 @@ def test_parameter_groups_carry_the_configured_learning_rates(gpt2v, tmp_path):
         "lora": 3e-3, "projector": 1e-2, "projector_no_decay": 1e-2}  # fmt: skip
 
 
+@pytest.mark.integration
 def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path):
     # A constant schedule keeps each group at its configured rate; vision at lr 0 must not move although trainable.
     stage = StageArguments(train_vision=True, train_language_model="full", vision_learning_rate=0.0,
@@ -277,6 +281,7 @@ def test_train_steps_with_the_configured_learning_rate_per_group(gpt2v, tmp_path
     assert any(".multi_modal_projector." in n for n in moved) and any(".language_model." in n for n in moved)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lm_class", list(MOE_LMS))
 def test_moe_router_loss_and_expert_load_are_logged(tmp_path, rows, lm_class):
     out = compose(tmp_path / "moe", text_config=MOE_LMS[lm_class])

@@ -174,6 +174,7 @@ def run_lm(out_dir, *extra):
     return main(*make_parser().parse_args_and_config([*argv, *extra]))
 
 
+@pytest.mark.integration
 def test_train_evaluate_save_and_reload(tmp_path, isolated_artifacts):
     out = tmp_path / "run"
     threads = torch.get_num_threads()
@@ -224,6 +225,7 @@ def test_train_evaluate_save_and_reload(tmp_path, isolated_artifacts):
     assert record["config"]["TrainingArguments"]["max_steps"] == 6
 
 
+@pytest.mark.integration
 def test_resume_continues_global_step(tmp_path, isolated_artifacts):
     quiet = ["--eval_strategy", "no", "--report_to", "none", "--max_steps", "4", "--save_steps", "2"]
     straight = run_lm(tmp_path / "straight", *quiet)
@@ -249,6 +251,7 @@ def test_resume_continues_global_step(tmp_path, isolated_artifacts):
     assert again.state.global_step == 5
 
 
+@pytest.mark.integration
 def test_resume_skips_a_half_written_checkpoint(tmp_path, isolated_artifacts):
     quiet = ["--eval_strategy", "no", "--report_to", "none", "--max_steps", "4", "--save_steps", "2"]
     out = tmp_path / "run"
@@ -262,6 +265,7 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path, isolated_artifacts):
     assert not torn.exists() and (out / "checkpoint-3.incomplete").exists()  # set aside, not deleted
 
 
+@pytest.mark.integration
 def test_a_hub_token_argument_reaches_no_file_of_the_run(tmp_path, isolated_artifacts, monkeypatch):
     token = "hf_" + "pretrainLeakCheck0123456789"
     monkeypatch.setenv("HF_TOKEN", "hf_placeholder")  # restored after the test
@@ -297,6 +301,7 @@ def test_local_text_too_short_to_hold_out_a_tenth_is_refused(tmp_path, isolated_
         load_texts(TextDataArguments(dataset_source="text", dataset_path=str(path)))
 
 
+@pytest.mark.integration
 def test_a_streamed_training_set_trains_and_resumes(tmp_path, isolated_artifacts, monkeypatch):
     """The real config's path: an IterableDataset (hub streaming) packed lazily, max_steps, resume mid-stream."""
     import training.pretrain_lm as script

@@ -52,6 +52,7 @@ def test_lora_targets_and_vision_modules_are_read_off_the_model(gpt2v, tiny_mode
     assert lora_targets(qwen) == r"model\.language_model\..*\.(down_proj|gate_proj|k_proj|o_proj|q_proj|up_proj|v_proj)"
 
 
+@pytest.mark.integration
 def test_composed_gpt2v_trains_with_sft_and_evaluates_with_finetuned(gpt2v, tmp_path, isolated_artifacts):
     base = AutoModelForImageTextToText.from_pretrained(gpt2v)
     before = {n: p.detach().clone() for n, p in base.named_parameters()}
