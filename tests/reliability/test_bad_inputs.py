@@ -38,6 +38,7 @@ def measured(tmp_path_factory):
     return {r.case.name: r for r in rows}, corpora, root
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("loader", LOADERS)
 def test_each_case_is_normalized_or_rejected_naming_it(measured, case: Case, loader: str):
@@ -56,6 +57,7 @@ def test_each_case_is_normalized_or_rejected_naming_it(measured, case: Case, loa
             assert outcome.status == "skipped" and re.search(reason, outcome.detail), outcome
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loader", LOADERS)
 def test_nothing_is_dropped_silently(measured, loader):
     _, corpora, _ = measured
@@ -75,6 +77,7 @@ def test_nothing_is_dropped_silently(measured, loader):
     assert manifest["skipped"][SPLIT]["count"] == report["count"]
 
 
+@pytest.mark.integration
 def test_a_second_read_reuses_the_arrow_files_and_still_names_the_skipped(measured):
     _, corpora, _ = measured
     args = data_args(corpora["jsonl"], "jsonl", "skip")
@@ -85,6 +88,7 @@ def test_a_second_read_reuses_the_arrow_files_and_still_names_the_skipped(measur
     assert skip_report(args, SPLIT) == first  # ...but those of the missing examples are, to name them again
 
 
+@pytest.mark.integration
 def test_fail_fast_cache_build_leaves_no_cache(measured, tmp_path):
     _, corpora, _ = measured
     args = data_args(corpora["nlvr2"], "nlvr2", "fail")
@@ -95,6 +99,7 @@ def test_fail_fast_cache_build_leaves_no_cache(measured, tmp_path):
         verify_cache(args, tmp_path / "cache")
 
 
+@pytest.mark.integration
 def test_a_skipping_cache_is_refused_under_fail_fast(measured):
     _, corpora, root = measured
     args = data_args(corpora["jsonl"], "jsonl", "fail")
@@ -182,6 +187,7 @@ def captions_measured(tmp_path_factory):
     return measure_caption_loaders(tmp_path_factory.mktemp("captions"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", IMAGE_CASES, ids=lambda c: c.name)
 @pytest.mark.parametrize("loader", CAPTION_LOADERS)
 def test_each_image_case_through_the_caption_loaders(captions_measured, case: Case, loader: str):
@@ -197,6 +203,7 @@ def test_each_image_case_through_the_caption_loaders(captions_measured, case: Ca
         assert skip.status == "skipped" and re.search(reason, skip.detail), skip
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("loader", CAPTION_LOADERS)
 def test_the_caption_loaders_drop_nothing_silently(captions_measured, loader):
     _, counts = captions_measured
