@@ -23,17 +23,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 from trl import ModelConfig
 
-from evals.evaluate import EvalArguments, load_for_eval, make_parser
-from evals.scoring import batches_by_length, prompts, score_generate, score_likelihood
+from evals.arguments import EvalArguments, make_parser
 from training.models import LabModelArguments
 from utils.atomic_write import write_json_atomic
 from utils.run_record import library_versions
 from vlm_datasets.config import DataArguments
-from vlm_datasets.loading import iter_examples, load_split
 from vlm_datasets.prompts import get_template
 
 
@@ -46,6 +43,8 @@ class ScoringBenchmarkArguments:
 
 def _timed(name: str, scoring: str, score, processor, template, examples, batch_size: int) -> tuple[dict, float, float]:
     """(results by uid, seconds preparing the prompts, seconds in the model) over batches grouped by length."""
+    from evals.scoring import batches_by_length, prompts
+
     batches = list(batches_by_length(examples, batch_size))
     score(batches[0], prompts(processor, batches[0], template, scoring))  # warm-up: lazy initialisation left out
     results, t_prep, t_model = {}, 0.0, 0.0
@@ -65,6 +64,13 @@ def main(
     lab_args: LabModelArguments | None = None,
     bench_args: ScoringBenchmarkArguments | None = None,
 ) -> dict:
+    # The model and data stack (torch, datasets) loads for a benchmark, not for --help.
+    import torch
+
+    from evals.evaluate import load_for_eval
+    from evals.scoring import score_generate, score_likelihood
+    from vlm_datasets.loading import iter_examples, load_split
+
     template = get_template(data_args.prompt_template)
     generate_batch_size = (bench_args or ScoringBenchmarkArguments()).generate_batch_size or eval_args.batch_size
     model, processor = load_for_eval(eval_args, data_args, model_args, lab_args or LabModelArguments())
