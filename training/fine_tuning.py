@@ -77,7 +77,7 @@ def run_sft(
     def record():
         if trainer.accelerator.is_main_process:  # the data manifest lists the bad examples skipped so far
             config = config_dict(data_args, model_args, lab_args, train_lab_args, training_args)
-            manifest = redacted(dataset_manifest(data_args, train_split))
+            manifest = redacted(dataset_manifest(data_args, train_split, data.train_skips))
             speed = {"vision_feature_cache": vision_cache.record(), "shared_prefix": shared_prefix.record()}
             out, seed = training_args.output_dir, training_args.seed
             write_run_record(out, "sft", seed, config, prompt_template=template, dataset=manifest, **speed)

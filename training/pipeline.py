@@ -37,6 +37,7 @@ from training.preflight import TokenBudget, check_token_budget
 from training.vision_cache import KEYS_FIELD, ImageKeys, image_keys
 from utils.atomic_write import write_json_atomic
 from utils.errors import DataError
+from vlm_datasets.bad_examples import SkipLog, skip_log
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import row_to_example
 from vlm_datasets.loading import load_split, require_labels
@@ -300,6 +301,7 @@ class TrainingData:
     eval: datasets.Dataset | datasets.IterableDataset | None
     collator: TokenizedCollator
     budget: TokenBudget | None  # the pre-flight's counts (None when off)
+    train_skips: SkipLog  # the train read's bad and unlabeled examples (a later read of the same split has its own)
 
 
 def labeled_tokenized_split(data_args: DataArguments, split: str, limit, processor, template, training_args):
@@ -317,6 +319,7 @@ def training_data(data_args: DataArguments, training_args, processor, template: 
     train = labeled_tokenized_split(
         data_args, data_args.dataset_train_split, data_args.max_train_examples, processor, template, training_args
     )
+    train_skips = skip_log(data_args, data_args.dataset_train_split)  # a stream keeps logging into it as it is read
     budget = None
     if data_args.preflight:
         budget = check_token_budget(train, training_args.max_length, data_args.preflight_examples)
@@ -328,4 +331,4 @@ def training_data(data_args: DataArguments, training_args, processor, template: 
     # The collator reads the canonical and token columns; TRL's own preparation would re-tokenize.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    return TrainingData(train, eval_ds, TokenizedCollator(processor, training_args.max_length), budget)
+    return TrainingData(train, eval_ds, TokenizedCollator(processor, training_args.max_length), budget, train_skips)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import datasets
 
 from utils.errors import DataError
-from vlm_datasets.bad_examples import skip_log, skip_report
+from vlm_datasets.bad_examples import SkipLog, skip_log
 from vlm_datasets.cache import NotCachedError, build_cache, load_cached_split, resolve_cache_dir
 from vlm_datasets.config import DataArguments
 from vlm_datasets.example import Example, row_to_example
@@ -97,13 +97,14 @@ def _sources_summary(manifest: dict) -> dict:
     }
 
 
-def dataset_manifest(args: DataArguments, split: str) -> dict:
-    """What a run records about its data: the source settings, the bad examples skipped (uid + reason) and the
-    verified cache manifest in cached mode (whose "skipped" lists those the cache build left out)."""
+def dataset_manifest(args: DataArguments, split: str, skips: SkipLog | None = None) -> dict:
+    """What a run records about its data: the source settings, the bad examples skipped (uid + reason; `skips`, or
+    the latest read of the split's) and the verified cache manifest in cached mode (whose "skipped" lists those the
+    cache build left out)."""
     from vlm_datasets.cache import cache_settings, verify_cache
 
     record = {"source": args.dataset_source, "split": split, "settings": cache_settings(args)}
-    record["skipped"] = skip_report(args, split)
+    record["skipped"] = (skips or skip_log(args, split)).report()
     if args.dataset_cached:
         cache_dir = resolve_cache_dir(args)
         record["cache_dir"] = str(cache_dir)
