@@ -23,6 +23,9 @@ python scripts/benchmark_training.py --config training/configs/embedded_lora.yam
 
 from __future__ import annotations
 
+# First: transformers imports bitsandbytes, which logs a `kernels` notice while imported (utils/cli.py drops it)
+from utils.cli import entry_point, parse_args  # isort: split
+
 import copy
 import dataclasses
 import json
@@ -195,8 +198,6 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    from utils.cli import entry_point, parse_args
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         main(*parse_args(make_parser()))

@@ -16,6 +16,9 @@ python scripts/preflight.py --config training/configs/embedded_lora.yaml --repor
 
 from __future__ import annotations
 
+# First: transformers imports bitsandbytes, which logs a `kernels` notice while imported (utils/cli.py drops it)
+from utils.cli import entry_point, parse_args  # isort: split
+
 import json
 import logging
 from dataclasses import dataclass, field
@@ -74,8 +77,6 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    from utils.cli import entry_point, parse_args
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         main(*parse_args(make_parser()))

@@ -21,6 +21,9 @@ tensorboard --logdir artifacts/checkpoints   # loss, lr, eval perplexity vs unig
 
 from __future__ import annotations
 
+# First: transformers imports bitsandbytes, which logs a `kernels` notice while imported (utils/cli.py drops it)
+from utils.cli import entry_point, parse_args  # isort: split
+
 import dataclasses
 import logging
 import time
@@ -259,8 +262,6 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    from utils.cli import entry_point, parse_args
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         trainer = main(*parse_args(make_parser()))

@@ -26,6 +26,9 @@ python training/sft.py --config training/configs/embedded_lora.yaml --bad_exampl
 
 from __future__ import annotations
 
+# First: transformers imports bitsandbytes, which logs a `kernels` notice while imported (utils/cli.py drops it)
+from utils.cli import entry_point, parse_args  # isort: split
+
 import logging
 
 from trl import ModelConfig, SFTConfig
@@ -50,8 +53,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from utils.cli import entry_point, parse_args
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         main(*parse_args(make_parser()))

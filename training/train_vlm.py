@@ -33,6 +33,9 @@ tensorboard --logdir artifacts/logs   # loss, per-group learning rates, MoE aux 
 
 from __future__ import annotations
 
+# First: transformers imports bitsandbytes, which logs a `kernels` notice while imported (utils/cli.py drops it)
+from utils.cli import entry_point, parse_args  # isort: split
+
 import json
 import logging
 import time
@@ -206,8 +209,6 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    from utils.cli import entry_point, parse_args
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with entry_point():
         main(*parse_args(make_parser()))

@@ -13,9 +13,9 @@ a mistake too.
     if __name__ == "__main__":                     # typer scripts: a function (one command) or a typer.Typer app
         run_typer(main)
 
-Both also keep bitsandbytes' notice about its optional `kernels` package off the screen (VLM_STUDIES_BNB_NOTICE=1 lets
-it through). bitsandbytes logs it while being imported, and trl, peft and transformers' TrainingArguments import it: the
-filter holds when that import happens inside the body (make_parser() and later), not in the module's own imports.
+Importing this module keeps bitsandbytes' notice about its optional `kernels` package off the screen
+(VLM_STUDIES_BNB_NOTICE=1 lets it through). bitsandbytes logs it while being imported, and transformers imports it (even
+`from transformers import set_seed`): an entry point whose own imports load transformers imports this module first.
 This module imports nothing of the project above utils.
 """
 
@@ -60,6 +60,9 @@ def silence_bitsandbytes_notice() -> None:
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+silence_bitsandbytes_notice()
 
 
 def take_debug_flag(argv: list[str], bare_only: bool = True) -> bool:
