@@ -1,2 +1,2 @@
-"""Small shared helpers, one topic a module: artifact locations, the UID cache, file names from uids, examples by uid,
-choosing uids from evaluation runs, the gallery page and the playground's engine."""
+"""The bottom layer, importing nothing of the project: artifact locations, atomic writes, run records, user errors and
+how entry points end (cli), checkpoint folders, file names from uids, the UID cache and its bookmarks."""
