@@ -25,6 +25,7 @@ import yaml
 
 from utils.atomic_write import write_json_atomic, write_text_atomic
 from utils.checkpoints import last_complete_checkpoint
+from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_PREFIX = "eval."  # an override key "eval.<field>" goes to the evaluation config, any other to the training one
@@ -103,13 +104,13 @@ class SweepArguments:
                 try:
                     setattr(self, name, json.loads(value))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{name} is not valid JSON: {e}") from None
+                    raise UsageError(f"{name} is not valid JSON: {e}") from None
             if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
+                raise UsageError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
         if not self.seeds:
-            raise ValueError("seeds is empty: give at least one seed")
+            raise UsageError("seeds is empty: give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds repeat a value: {self.seeds}")
+            raise UsageError(f"seeds repeat a value: {self.seeds}")
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: the cells hold dicts
@@ -154,9 +155,9 @@ def _grid_axes(grid: dict | None) -> dict[str, list]:
     axes = {}
     for axis, values in (grid or {}).items():
         if not isinstance(values, list):
-            raise ValueError(f"grid axis {axis!r}: give a list of values, got {values!r}")
+            raise UsageError(f"grid axis {axis!r}: give a list of values, got {values!r}")
         if not values:
-            raise ValueError(f"grid axis {axis!r} has no values: an empty grid axis makes an empty sweep")
+            raise UsageError(f"grid axis {axis!r} has no values: an empty grid axis makes an empty sweep")
         axes[str(axis)] = values
     return axes
 
@@ -165,9 +166,9 @@ def _variants(variants: dict | None) -> dict[str, dict]:
     out = {}
     for name, overrides in (variants or {}).items():
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"variant name {name!r}: letters, digits and ._+- only, starting with a letter or digit")
+            raise UsageError(f"variant name {name!r}: letters, digits and ._+- only, starting with a letter or digit")
         if overrides is not None and not isinstance(overrides, dict):
-            raise ValueError(f"variant {name!r}: give a mapping of overrides, got {overrides!r}")
+            raise UsageError(f"variant {name!r}: give a mapping of overrides, got {overrides!r}")
         out[name] = dict(overrides or {})
     return out
 
@@ -176,14 +177,14 @@ def expand(args: SweepArguments) -> list[Cell]:
     """The sweep's cells: every variant (in order) x the cartesian product of the grid axes (in order)."""
     axes, variants = _grid_axes(args.grid), _variants(args.variants)
     if not axes and not variants:
-        raise ValueError("empty sweep: give a grid (field: [values]) and/or variants (name: {field: value})")
+        raise UsageError("empty sweep: give a grid (field: [values]) and/or variants (name: {field: value})")
     common = {**(args.overrides or {}), **(args.extra_overrides or {})}
     cells = []
     for variant in list(variants) or [None]:
         own = variants.get(variant, {})
         both = sorted(set(own) & set(axes))
         if both:
-            raise ValueError(f"variant {variant!r} sets {both}, which the grid also sweeps")
+            raise UsageError(f"variant {variant!r} sets {both}, which the grid also sweeps")
         for values in itertools.product(*axes.values()):
             point = dict(zip(axes, values, strict=True))
             parts = ([variant] if variant else []) + [f"{a}-{value_label(v)}" for a, v in point.items()]
@@ -192,7 +193,7 @@ def expand(args: SweepArguments) -> list[Cell]:
     names = [c.name for c in cells]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"cells share a name (a value repeated in an axis?): {repeated}")
+        raise UsageError(f"cells share a name (a value repeated in an axis?): {repeated}")
     for cell in cells:
         _check_owned(cell, args.seed_fields)
     return cells
@@ -201,12 +202,12 @@ def expand(args: SweepArguments) -> list[Cell]:
 def _check_owned(cell: Cell, seed_fields: list[str]) -> None:
     for key in cell.train:
         if key in OWNED_TRAIN:
-            raise ValueError(f"cell {cell.name}: {key} is set by the sweep for every run; do not override it")
+            raise UsageError(f"cell {cell.name}: {key} is set by the sweep for every run; do not override it")
         if key in seed_fields:
-            raise ValueError(f"cell {cell.name}: {key} is set per run from seeds ({seed_fields}); use seeds instead")
+            raise UsageError(f"cell {cell.name}: {key} is set per run from seeds ({seed_fields}); use seeds instead")
     for key in cell.eval:
         if key in OWNED_EVAL:
-            raise ValueError(f"cell {cell.name}: eval.{key} is set by the sweep for every run; do not override it")
+            raise UsageError(f"cell {cell.name}: eval.{key} is set by the sweep for every run; do not override it")
 
 
 def plan(args: SweepArguments, cells: list[Cell]) -> list[Run]:
@@ -224,7 +225,7 @@ def resolve_config(path: str) -> Path:
 def _load_yaml(path: Path) -> dict:
     config = yaml.safe_load(path.read_text())
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a YAML mapping")
+        raise UsageError(f"{path}: not a YAML mapping")
     return config
 
 
@@ -278,12 +279,12 @@ def validate(args: SweepArguments, runs: list[Run]) -> dict[Run, int]:
             try:
                 parsed = _parse_text(text, kind)
             except ValueError as e:  # TrlParser: "Unknown arguments from config file: [...]"; __post_init__ checks
-                raise ValueError(f"cell {run.cell.name}: {kind} config: {e}") from None
+                raise UsageError(f"cell {run.cell.name}: {kind} config: {e}") from None
             if kind == "train":
                 steps[run] = parsed[1].max_steps
                 train_model = parsed[2].model_name_or_path
             elif parsed[2].model_name_or_path != train_model:
-                raise ValueError(
+                raise UsageError(
                     f"cell {run.cell.name}: evaluation loads base {parsed[2].model_name_or_path!r}, training "
                     f"{train_model!r}; an adapter is evaluated on the base it was trained on"
                 )
@@ -308,7 +309,7 @@ def check_changed(args: SweepArguments, runs: list[Run], remove: bool = True) ->
     changed = [r for r in runs if run_state(args, r) == "changed"]
     if changed and not (args.overwrite and remove):
         names = ", ".join(str(r.dir) for r in changed[:5]) + (" ..." if len(changed) > 5 else "")
-        raise ValueError(
+        raise UsageError(
             f"{len(changed)} runs were made with other settings ({names}): their train.yaml/eval.yaml differ from "
             "this sweep's. Use another output_dir, or --overwrite true to start them over."
         )

@@ -17,6 +17,7 @@ from evals import modes
 from scripts.sweep import main
 from scripts.sweeps import SweepArguments
 from training import fine_tuning
+from utils.errors import UsageError
 
 
 def tiny_sweep(tmp_path: Path, tiny_model_dir: Path, **kwargs) -> SweepArguments:
@@ -105,8 +106,8 @@ def test_interrupted_sweep_resumes(tiny_model_dir, tmp_path, isolated_artifacts,
     assert calls["train"] == [] and calls["eval"] == []
 
     changed = replace(args, overrides={**args.overrides, "max_steps": 3})
-    with pytest.raises(ValueError, match="3 runs were made with other settings"):
+    with pytest.raises(UsageError, match="3 runs were made with other settings"):
         main(changed, command="sweep")
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(UsageError, match="other settings"):
         main(replace(changed, collect_only=True), command="sweep")
     assert calls["train"] == [] and calls["eval"] == []

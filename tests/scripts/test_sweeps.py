@@ -10,6 +10,7 @@ import yaml
 from trl import TrlParser
 
 from scripts.sweeps import SweepArguments, config_texts, expand, plan, validate, value_label
+from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,7 +107,7 @@ def test_run_configs_route_overrides_and_set_the_run_fields(tmp_path):
 )
 def test_unknown_fields_are_refused_like_the_entry_points_refuse_them(tmp_path, grid, kind, name):
     args = sweep(tmp_path, grid=grid)
-    with pytest.raises(ValueError, match=rf"cell .*: {kind} config: Unknown arguments from config file: .*{name}"):
+    with pytest.raises(UsageError, match=rf"cell .*: {kind} config: Unknown arguments from config file: .*{name}"):
         validate(args, plan(args, expand(args)))
     assert not (tmp_path / "sweep").exists()
 
@@ -127,7 +128,7 @@ def test_unknown_fields_are_refused_like_the_entry_points_refuse_them(tmp_path, 
     ],
 )
 def test_bad_sweeps_are_refused(tmp_path, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UsageError, match=message):
         expand(sweep(tmp_path, **kwargs))
 
 
@@ -139,7 +140,7 @@ def test_the_sweep_parser_reads_yaml_and_json_overrides(tmp_path):
     )
     assert args.grid == {"lora_r": [2, 4]} and args.variants == {"a": {}} and args.seeds == [5]
     assert args.extra_overrides == {"max_steps": 2}
-    with pytest.raises(ValueError, match="seeds"):
+    with pytest.raises(UsageError, match="seeds"):
         SweepArguments(seeds=[])
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(UsageError, match="not valid JSON"):
         SweepArguments(grid="{lora_r: [2]}")
