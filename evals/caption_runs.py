@@ -14,12 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from transformers import HfArgumentParser
 
 from evals.comparison import run_name
 from evals.gallery_page import GalleryItem, GeneratedText
 from evals.prediction_files import predictions_file, read_generated
-from evals.vlm_eval import row_scores
 from utils.errors import DataError
 from vlm_datasets.captions import CaptionDataArguments, load_caption_split
 from vlm_datasets.example import Example
@@ -66,6 +64,8 @@ def eval_data(record_path: Path, record: dict) -> CaptionDataArguments:
     values = (record.get("config") or {}).get(CaptionDataArguments.__name__)
     if not isinstance(values, dict):
         raise DataError(str(record_path), f"no config.{CaptionDataArguments.__name__}: not a train_vlm run record")
+    from transformers import HfArgumentParser  # here, not at import: the gallery's --help needs no transformers
+
     (args,) = HfArgumentParser(CaptionDataArguments).parse_dict(values, allow_extra_keys=True)
     return args
 
@@ -87,6 +87,8 @@ def load_caption_run(path: str | Path) -> CaptionRun:
     record_path, record = _run_record(pred_path)
     if (record or {}).get("kind") != RECORD_KIND:
         raise DataError(str(record_path), f"no run_record.json of kind {RECORD_KIND}: not a train_vlm run")
+    from evals.vlm_eval import row_scores  # torch and the caption scorers load for a caption run only
+
     records = read_generated(pred_path)
     for rec, scores in zip(records, row_scores(records), strict=True):
         rec.update(scores=scores, score=scores.get("exact_match", scores.get("cider")), category=rec["task"])

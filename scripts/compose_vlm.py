@@ -26,10 +26,12 @@ import logging
 
 from trl import TrlParser
 
-from training.compose import ComposeArguments, build, parameter_counts, save
+from training.compose_arguments import ComposeArguments
 
 
 def main(args: ComposeArguments) -> None:
+    from training.compose import build, parameter_counts, save  # torch and transformers load for a build only
+
     model, processor = build(args)
     out = save(model, processor, args.output_dir, args)
     print(f"{type(model).__name__} -> {out}")

@@ -1,6 +1,6 @@
 """Every entry point (a module with a __main__ block) answers --help with its own flags, and importing one whose parser
-needs no TrainingArguments loads neither peft nor bitsandbytes (they pull torch._inductor in: seconds before any
-output). The --help times are in docs/, not asserted here."""
+needs no TrainingArguments loads no torch, peft or bitsandbytes (seconds before any output: peft and bitsandbytes
+pull torch._inductor in). The --help times are in docs/, not asserted here."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ TRAINING_ARGUMENTS = {
     "training/sft.py",
     "training/train_vlm.py",
 }
-HEAVY = ("peft", "bitsandbytes")
+HEAVY = ("torch", "peft", "bitsandbytes")  # the other entry points import these where they run, not for --help
 
 
 def module_name(entry_point: str) -> str:
@@ -101,9 +101,9 @@ def test_help_exits_0_shows_the_entry_points_flags_and_no_bitsandbytes_notice(en
     assert filtered != "False", f"{entry_point} imports bitsandbytes before utils.cli: import utils.cli first"
 
 
-def test_importing_an_entry_point_loads_no_peft_or_bitsandbytes():
+def test_importing_an_entry_point_loads_no_torch_peft_or_bitsandbytes():
     """One process imports the entry points one after another: the first whose import brought peft or bitsandbytes
-    in is named (each later one would find them loaded already)."""
+    in is named (each later one would find them loaded already). torch alone costs 2-3 s of --help."""
     light = [module_name(e) for e in ENTRY_POINTS if e not in TRAINING_ARGUMENTS]
     code = f"""
 import importlib, json, sys

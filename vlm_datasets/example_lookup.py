@@ -14,7 +14,6 @@ from typing import Any
 
 import datasets
 import yaml
-from transformers import HfArgumentParser
 
 from utils.errors import DataError
 from vlm_datasets.config import DataArguments
@@ -47,6 +46,8 @@ def data_arguments(config: str | Path | dict | None = None, **overrides) -> Data
         raise TypeError(f"not DataArguments fields: {unknown}")
     values = dict(config) if isinstance(config, dict) else read_config(config)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    from transformers import HfArgumentParser  # here, not at import: the commands' --help needs no transformers
+
     (args,) = HfArgumentParser(DataArguments).parse_dict(values, allow_extra_keys=True)
     return args
 
