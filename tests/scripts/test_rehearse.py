@@ -95,7 +95,8 @@ def test_rehearsal_of_the_lora_config(one_layer_folder, tmp_path):
     assert list(report["phases"])[:5] == want and {"playground", "inspector", "gallery"} <= set(report["phases"])
     for name, phase in report["phases"].items():
         assert phase["returncode"] == 0 and not phase["missing"], name
-        assert phase["peak_rss_gb"] > 0.3, name  # the tokenizer alone takes more
+        # measured, not zero: every phase but the gallery (images and predictions only) loads the tokenizer, > 0.3 GB
+        assert phase["peak_rss_gb"] > (0.05 if name == "gallery" else 0.3), name
     assert (work / "train" / "adapter_model.safetensors").exists() and report["adapter"]["trainable_parameters"] > 0
     train, resume = report["phases"]["train"], report["phases"]["resume"]
     assert train["global_step"] == 1 and [s["step"] for s in train["steps"]] == [1]
