@@ -1,1 +1,2 @@
-"""Entry points for people: demo, building the embedded model, playground, gallery, inspection, benchmarks."""
+"""Entry points for people: demo, building the embedded model, playground, gallery, inspection, UID-cache bookmarks,
+sweeps, benchmarks."""

@@ -18,7 +18,7 @@ python scripts/sample_gallery.py --config evals/configs/embedded_zero_shot.yaml 
 python scripts/sample_gallery.py --config evals/configs/embedded_finetuned.yaml \
     --run artifacts/evals/embedded-zero-shot --run artifacts/evals/embedded-finetuned --flip wrong_to_right
 
-# Bookmarks (utils/uid_cache.py) with one tag; a uid list (e.g. compare.py's right_to_wrong.txt); one file
+# Bookmarks (scripts/uid_cache.py) with one tag; a uid list (e.g. compare.py's right_to_wrong.txt); one file
 python scripts/sample_gallery.py --from-cache --tag odd
 python scripts/sample_gallery.py --uids-file artifacts/analysis/compare/a__vs__b/right_to_wrong.txt --embed
 

@@ -46,7 +46,7 @@ SHOWS = {
     "training/pretrain_lm.py": ["--block_size", "--n_embd"],
     "training/sft.py": ["--prompt_template", "--lora_r", "--mirror_checkpoints_to"],
     "training/train_vlm.py": ["--caption_prompt", "--synthetic_task"],
-    "utils/uid_cache.py": ["add", "remove"],
+    "scripts/uid_cache.py": ["add", "remove"],
 }
 # Parsers holding transformers' TrainingArguments (TRL's SFTConfig among them): transformers.trainer_utils imports
 # peft whenever it is installed, so these start at that cost whatever they import themselves.

@@ -4,7 +4,7 @@ module is imported), points down the layers, never at an entry point, and evals'
 Layers, bottom to top: utils (0) -> vlm_datasets (1) -> training (2) -> evals (3) -> entry points (4). A module may
 import its own layer and those below it.
 - Entry point: a module with a top-level `if __name__ == "__main__":` (a command: training/sft.py, evals/compare.py,
-  utils/uid_cache.py, every script). It sits at the top layer wherever its file is, and nothing imports it: the code
+  scripts/uid_cache.py, every script). It sits at the top layer wherever its file is, and nothing imports it: the code
   it runs lives in a library module that it imports (training/fine_tuning.py for training/sft.py, ...).
 - scripts/ is the top layer throughout: orchestration that drives training and evaluation together (scripts/sweeps.py)
   is a library of that layer, imported by its command (scripts/sweep.py).

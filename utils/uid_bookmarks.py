@@ -3,7 +3,7 @@
 The file is <artifact root>/analysis/uid_cache.json unless --cache names another. Every write replaces the file
 atomically (temporary file + os.replace) under a lock, so a crash or a second process never leaves half a file; a
 file that is not a valid cache is refused with its path and never overwritten. The gallery and the playground read it;
-the command line is utils/uid_cache.py.
+the command line is scripts/uid_cache.py.
 """
 
 from __future__ import annotations

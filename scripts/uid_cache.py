@@ -1,17 +1,17 @@
 """The UID cache from the command line (utils/uid_bookmarks.py): add, list, walk and remove bookmarked uids.
 
 # Bookmark examples (a second add of the same uid merges its tags and note); each uid must be in the config's split
-python utils/uid_cache.py add syn_test-12-0-0 --config evals/configs/embedded_zero_shot.yaml --tag odd \
+python scripts/uid_cache.py add syn_test-12-0-0 --config evals/configs/embedded_zero_shot.yaml --tag odd \
     --note "right image looks empty"
-python utils/uid_cache.py add $(cat artifacts/analysis/compare/a__vs__b/right_to_wrong.txt) --tag regression \
+python scripts/uid_cache.py add $(cat artifacts/analysis/compare/a__vs__b/right_to_wrong.txt) --tag regression \
     --config evals/configs/embedded_finetuned.yaml
-python utils/uid_cache.py add some-uid --force    # no dataset at hand: bookmarked unchecked
+python scripts/uid_cache.py add some-uid --force    # no dataset at hand: bookmarked unchecked
 
 # List (all, or one tag), walk them, drop one
-python utils/uid_cache.py list --tag odd
-python utils/uid_cache.py next syn_test-12-0-0      # prints the uid after it (no uid: the first one)
-python utils/uid_cache.py prev syn_test-12-0-0
-python utils/uid_cache.py remove syn_test-12-0-0
+python scripts/uid_cache.py list --tag odd
+python scripts/uid_cache.py next syn_test-12-0-0      # prints the uid after it (no uid: the first one)
+python scripts/uid_cache.py prev syn_test-12-0-0
+python scripts/uid_cache.py remove syn_test-12-0-0
 
 The file is <artifact root>/analysis/uid_cache.json unless --cache names another.
 """

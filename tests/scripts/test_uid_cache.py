@@ -9,7 +9,7 @@ import threading
 import pytest
 from typer.testing import CliRunner
 
-from utils import uid_cache
+from scripts import uid_cache
 from utils.errors import DataError
 from utils.uid_bookmarks import UidCache, default_cache_path
 
