@@ -102,8 +102,8 @@ def test_help_exits_0_shows_the_entry_points_flags_and_no_bitsandbytes_notice(en
 
 
 def test_importing_an_entry_point_loads_no_torch_peft_or_bitsandbytes():
-    """One process imports the entry points one after another: the first whose import brought peft or bitsandbytes
-    in is named (each later one would find them loaded already). torch alone costs 2-3 s of --help."""
+    """One process imports the entry points one after another: the first whose import brought torch, peft or
+    bitsandbytes in is named (each later one would find them loaded already). torch alone costs 2-3 s of --help."""
     light = [module_name(e) for e in ENTRY_POINTS if e not in TRAINING_ARGUMENTS]
     code = f"""
 import importlib, json, sys
