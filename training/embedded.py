@@ -1,6 +1,6 @@
 """The embedded default model: a small Qwen2-VL-architecture model and processor built locally, no hub needed.
 
-Same classes, chat layout and special tokens as Qwen/Qwen2-VL-2B-Instruct (../shared/reference), scaled down:
+Same classes, chat layout and special tokens as Qwen/Qwen2-VL-2B-Instruct (training/real_shape.py), scaled down:
 the text model is a 4-layer Qwen2 with GQA and M-RoPE, the vision tower a 4-layer ViT with patch 14 and 2x2 merge.
 The tokenizer is a byte-level BPE trained on the synthetic corpus, so any text still tokenizes.
 """
