@@ -6,7 +6,9 @@ Each step runs what the entry point a user runs by hand runs (its library functi
   scripts/build_embedded_model.py (only with --build_vision_steps / --build_steps: a base built here instead),
   evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
   training/sft.py (training/configs/embedded_lora.yaml, with batches of 96 at learning rate 1.5e-3, bf16 autocast
-  on a CPU with native bf16), evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
+  on a CPU with native bf16; on a CPU with 2 or more cores launched as 2 data-parallel processes of 48 by
+  accelerate launch --config_file training/configs/accelerate/cpu_2proc.yaml, its output shown as it runs),
+  evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
 
 # What `make demo` runs
 python scripts/demo.py
@@ -23,9 +25,11 @@ LoRA comparison, playground on the adapter, TensorBoard), paths filled in, then 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +52,7 @@ from training.models import cpu_has_native_bf16
 from utils.atomic_write import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+CPU_PROCESSES = "training/configs/accelerate/cpu_2proc.yaml"  # several data-parallel processes on the CPU
 
 
 @dataclass
@@ -78,6 +83,14 @@ class DemoArguments:
             "help": "bf16 autocast for the SFT: auto (on a CPU with native bf16 instructions, AVX512-BF16 or AMX; "
             "otherwise the config's float32), true or false.",
             "choices": ["auto", "true", "false"],
+        },
+    )
+    sft_processes: str = field(
+        default="auto",
+        metadata={
+            "help": "Data-parallel processes for the SFT (accelerate launch, training/configs/accelerate/"
+            "cpu_2proc.yaml), the batch split between them: auto (2 on a CPU with 2 or more cores, where it was "
+            "measured faster: docs/training_speed.md; otherwise 1, in this process), or a number."
         },
     )
     max_eval_examples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
@@ -153,23 +166,85 @@ def base_model(args: DemoArguments) -> tuple[str, str]:
     return "built", f"{args.model_dir}: built here (vision_steps {build.vision_steps}, steps {build.steps})"
 
 
-def fine_tune(args: DemoArguments, common: list[str], out: Path):
-    """training/sft.py's run on embedded_lora.yaml with the demo's overrides: (trainer, its parsed arguments)."""
-    # The training and scoring stack (TrainingArguments imports peft) loads for a run, not for --help.
-    from evals.held_out import held_out_accuracy
-    from training.fine_tuning import make_parser as sft_parser
-    from training.fine_tuning import run_sft
+def sft_processes(setting: str) -> int:
+    """The SFT's data-parallel processes: `setting` as a number, or for auto 2 on a CPU with 2 or more cores, else 1."""
+    if setting != "auto":
+        if not setting.isdigit() or int(setting) < 1:
+            raise ValueError(f"sft_processes: {setting!r} is neither auto nor a number of processes (1, 2, ...)")
+        return int(setting)
+    import torch
 
-    sft_overrides = ["--config", str(REPO / args.sft_config), *common, "--output_dir", str(out / "lora")]
+    return 2 if len(os.sched_getaffinity(0)) >= 2 and not torch.cuda.is_available() else 1
+
+
+def sft_overrides(args: DemoArguments, common: list[str], out: Path, processes: int) -> list[str]:
+    """training/sft.py's command-line flags for the demo's run, `sft_batch_size` split between `processes`."""
+    flags = ["--config", str(REPO / args.sft_config), *common, "--output_dir", str(out / "lora")]
     if args.sft_max_steps is not None:
-        sft_overrides += ["--max_steps", str(args.sft_max_steps)]
+        flags += ["--max_steps", str(args.sft_max_steps)]
     if args.sft_batch_size is not None:
-        sft_overrides += ["--per_device_train_batch_size", str(args.sft_batch_size)]
+        if args.sft_batch_size % processes:
+            raise ValueError(f"sft_batch_size {args.sft_batch_size} does not split into {processes} processes")
+        flags += ["--per_device_train_batch_size", str(args.sft_batch_size // processes)]
     if args.sft_learning_rate is not None:
-        sft_overrides += ["--learning_rate", str(args.sft_learning_rate)]
-    sft_overrides += _precision_overrides(args.sft_bf16)
-    sft_args = sft_parser().parse_args_and_config(sft_overrides)
-    return run_sft(*sft_args, held_out=held_out_accuracy), sft_args
+        flags += ["--learning_rate", str(args.sft_learning_rate)]
+    precision = _precision_overrides(args.sft_bf16)
+    if processes > 1 and "--use_cpu" not in precision:  # cpu_2proc.yaml's processes join over gloo only so
+        precision += ["--use_cpu", "true"]
+    return flags + precision
+
+
+def fine_tune(args: DemoArguments, common: list[str], out: Path) -> dict:
+    """training/sft.py's run on embedded_lora.yaml with the demo's overrides, in this process or launched as several
+    data-parallel ones; what it recorded (sft_outcome)."""
+    processes = sft_processes(args.sft_processes)
+    flags = sft_overrides(args, common, out, processes)
+    if processes == 1:
+        # The training and scoring stack (TrainingArguments imports peft) loads for a run, not for --help.
+        from evals.held_out import held_out_accuracy
+        from training.fine_tuning import make_parser as sft_parser
+        from training.fine_tuning import run_sft
+
+        run_sft(*sft_parser().parse_args_and_config(flags), held_out=held_out_accuracy)
+    else:
+        launch_sft(flags, processes)
+    return sft_outcome(out / "lora", processes)
+
+
+def launch_sft(flags: list[str], processes: int) -> None:
+    """`accelerate launch` of training/sft.py in `processes` CPU processes, the cores shared out as torch threads."""
+    threads = max(1, len(os.sched_getaffinity(0)) // processes)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / CPU_PROCESSES)]
+    command += ["--num_processes", str(processes), str(REPO / "training/sft.py"), *flags]
+    done = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": str(threads)}, check=False)
+    if done.returncode:
+        raise RuntimeError(
+            f"training/sft.py in {processes} processes exited with {done.returncode} (its output is "
+            f"above): {shlex.join(command)}"
+        )
+
+
+def sft_outcome(run_dir: Path, processes: int) -> dict:
+    """The SFT's figures from its run folder: run_record.json's settings, its last checkpoint's trainer state."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    config = json.loads((run_dir / "run_record.json").read_text())["config"]
+    last = get_last_checkpoint(str(run_dir))
+    if last is None:
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint-N folder (the demo reads the SFT's trainer_state.json there)"
+        )
+    state = json.loads((Path(last) / "trainer_state.json").read_text())
+    sft = config["SFTConfig"]
+    return {
+        "train_loss": [e["loss"] for e in state["log_history"] if "loss" in e],
+        "steps": state["global_step"],
+        "batch_size": sft["per_device_train_batch_size"] * processes,
+        "processes": processes,
+        "learning_rate": sft["learning_rate"],
+        "bf16": sft["bf16"],
+        "logging_dir": config["LabTrainingArguments"]["logging_dir"],
+    }
 
 
 def main(args: DemoArguments) -> Path:
@@ -190,8 +265,8 @@ def main(args: DemoArguments) -> Path:
     phases["zero_shot"] = time.time() - start - sum(phases.values())
 
     print("[3/4] LoRA fine-tuning (training/sft.py)")
-    trainer, sft_args = fine_tune(args, common, out)
-    train_loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    sft = fine_tune(args, common, out)
+    train_loss = sft["train_loss"]
     phases["sft"] = time.time() - start - sum(phases.values())
 
     print("[4/4] fine-tuned evaluation")
@@ -228,10 +303,11 @@ def main(args: DemoArguments) -> Path:
             "finetuned": ft["accuracy_by_category"],
         },
         "train_loss_first_last": [train_loss[0], train_loss[-1]] if train_loss else None,
-        "sft_steps": trainer.state.global_step,
-        "sft_batch_size": trainer.args.per_device_train_batch_size,
-        "sft_learning_rate": trainer.args.learning_rate,
-        "sft_bf16": trainer.args.bf16,
+        "sft_steps": sft["steps"],
+        "sft_batch_size": sft["batch_size"],
+        "sft_processes": sft["processes"],
+        "sft_learning_rate": sft["learning_rate"],
+        "sft_bf16": sft["bf16"],
         "model": args.model_dir,
         "base": {"source": source, **{k: base_info[k] for k in ("built", "command", "weights") if k in base_info}},
         "data": "synthetic NLVR-style (vlm_datasets/synthetic.py), embedded default",
@@ -240,7 +316,7 @@ def main(args: DemoArguments) -> Path:
     path = write_json_atomic(out / "summary.json", summary)
     print(f"wall time: {wall:.0f} s")
     print("\nNext, on these outputs:")
-    for what, argv in next_commands(args, out, sft_args[-1].logging_dir):  # TensorBoard's folder, as sft recorded it
+    for what, argv in next_commands(args, out, sft["logging_dir"]):  # TensorBoard's folder, as sft recorded it
         print(f"# {what}\n{shlex.join(argv)}")
     print(path)
     return path

@@ -31,12 +31,14 @@ def demo_run(tmp_path_factory) -> tuple[Path, list[str], Path]:
     """The demo once at tiny size on the shipped base, run from the repository root with an artifact root of its own,
     any pretraining made to fail: (summary.json path, printed lines, artifact root)."""
     tmp = tmp_path_factory.mktemp("demo")
-    args = demo.DemoArguments(
+    args = demo.DemoArguments(  # the SFT in 2 processes (what auto picks on a CPU with 2 or more cores)
         output_dir=str(tmp / "demo"), model_dir=str(tmp / "model"), sft_max_steps=2, max_eval_examples=16
     )
+    args.sft_processes = "2"
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):  # module scope: no capsys
         mp.setenv("VLM_STUDIES_ROOT", str(tmp / "artifacts"))
+        mp.setenv("HF_DATASETS_CACHE", str(tmp / "hf_datasets"))  # the launched SFT processes'
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp / "hf_datasets"))
         mp.setattr(embedded_build, "_build_into", lambda *a: pytest.fail("the demo pretrained a base"))
         mp.chdir(REPO)
@@ -145,6 +147,7 @@ def test_demo_end_to_end_small(demo_run):
     assert summary["base"]["source"] == "shipped" and summary["base"]["built"] == verify_build(model)["built"]
     assert {"zero_shot_accuracy", "finetuned_accuracy", "n_eval", "wall_seconds"} <= summary.keys()
     assert summary["n_eval"] == 16 and summary["sft_steps"] == 2 and summary["sft_batch_size"] == 96
+    assert summary["sft_processes"] == 2
     assert summary["sft_learning_rate"] == 1.5e-3
     assert summary["sft_bf16"] == (not torch.cuda.is_available() and cpu_has_native_bf16())
     ft = [json.loads(x) for x in (path.parent / "finetuned" / "predictions.jsonl").read_text().splitlines()]
@@ -195,3 +198,41 @@ def test_bf16_on_a_cpu_only_where_it_is_native_unless_asked(monkeypatch, native)
     assert demo._precision_overrides("auto") == (["--bf16", "true", "--use_cpu", "true"] if native else [])
     assert demo._precision_overrides("true") == ["--bf16", "true", "--use_cpu", "true"]
     assert demo._precision_overrides("false") == []
+
+
+@pytest.mark.integration
+def test_the_sft_in_this_process_records_the_same_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLM_STUDIES_ROOT", str(tmp_path / "artifacts"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    monkeypatch.chdir(REPO)
+    model = str(tmp_path / "model")
+    provide_shipped_model(model, SHIPPED_MODEL_DIR)
+    args = demo.DemoArguments(output_dir=str(tmp_path / "demo"), model_dir=model, sft_max_steps=2)
+    args.sft_processes = "1"
+    common = ["--model_name_or_path", model, "--max_eval_examples", "8", "--logging_steps", "1"]
+    sft = demo.fine_tune(args, common, tmp_path / "demo")
+    assert [sft["steps"], sft["batch_size"], sft["processes"], sft["learning_rate"]] == [2, 96, 1, 1.5e-3]
+    assert (
+        len(sft["train_loss"]) == 2
+        and min(sft["train_loss"]) > 0
+        and Path(sft["logging_dir"]) == tmp_path / "artifacts" / "logs" / "lora"
+    )
+
+
+def test_sft_processes(monkeypatch):
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert demo.sft_processes("auto") == (1 if torch.cuda.is_available() else 2)
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0})
+    assert demo.sft_processes("auto") == 1 and demo.sft_processes("3") == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="neither auto nor a number of processes"):
+            demo.sft_processes(bad)
+
+
+def test_the_batch_is_split_between_the_processes(tmp_path):
+    args = demo.DemoArguments(sft_bf16="false")
+    flags = demo.sft_overrides(args, [], tmp_path, 2)
+    assert flags[flags.index("--per_device_train_batch_size") + 1] == "48" and flags[-2:] == ["--use_cpu", "true"]
+    args.sft_batch_size = 97
+    with pytest.raises(ValueError, match="sft_batch_size 97 does not split into 2 processes"):
+        demo.sft_overrides(args, [], tmp_path, 2)
