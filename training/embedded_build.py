@@ -36,7 +36,7 @@ class BuildArguments:
     vision_steps: int = field(default=100, metadata={"help": "Stage 1 steps: vision tower, per-cell attributes."})
     vision_batch_size: int = field(default=64, metadata={"help": "Stage 1 images per step."})
     vision_learning_rate: float = field(default=3e-3, metadata={"help": "Stage 1 learning rate."})
-    steps: int = field(default=700, metadata={"help": "Stage 2 steps: whole model on count/QA tasks."})
+    steps: int = field(default=2100, metadata={"help": "Stage 2 steps: whole model on count/QA tasks."})
     batch_size: int = field(default=32, metadata={"help": "Stage 2 examples per step."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Stage 2 learning rate (constant after warmup)."})
     label_images: bool = field(
