@@ -5,7 +5,7 @@ zero-shot, LoRA-fine-tune it with training/sft.py, evaluate the adapter, print t
 Each step runs what the entry point a user runs by hand runs (its library function), with the same YAML config:
   scripts/build_embedded_model.py (only with --build_vision_steps / --build_steps: a base built here instead),
   evals/zero_shot.py (evals/configs/embedded_zero_shot.yaml),
-  training/sft.py (training/configs/embedded_lora.yaml, with batches of 96 at learning rate 1.5e-3, bf16 autocast
+  training/sft.py (training/configs/embedded_lora.yaml, 900 steps of 96 at learning rate 1.5e-3, bf16 autocast
   on a CPU with native bf16; on a CPU with 2 or more cores launched as 2 data-parallel processes of 48 by
   accelerate launch --config_file training/configs/accelerate/cpu_2proc.yaml, its output shown as it runs),
   evals/finetuned.py (evals/configs/embedded_finetuned.yaml).
@@ -66,12 +66,14 @@ class DemoArguments:
     sft_config: str = field(default="training/configs/embedded_lora.yaml", metadata={"help": "SFT config."})
     zero_shot_config: str = field(default="evals/configs/embedded_zero_shot.yaml", metadata={"help": "Eval config."})
     finetuned_config: str = field(default="evals/configs/embedded_finetuned.yaml", metadata={"help": "Eval config."})
-    sft_max_steps: int | None = field(default=None, metadata={"help": "Override the SFT config's max_steps."})
+    sft_max_steps: int | None = field(
+        default=900, metadata={"help": "Override the SFT config's max_steps (None: the config's 1000)."}
+    )
     sft_batch_size: int | None = field(
         default=96,
         metadata={
-            "help": "Override the SFT config's per_device_train_batch_size (None: the config's 32). The demo trains "
-            "1000 steps of 96 (docs/training.md: accuracy by batch size and learning rate, over SFT seeds)."
+            "help": "Override the SFT config's per_device_train_batch_size (None: the config's 32), over all SFT "
+            "processes. The demo trains 900 steps of 96 (docs/training.md: accuracy over SFT seeds)."
         },
     )
     sft_learning_rate: float | None = field(
