@@ -50,6 +50,7 @@ from training.embedded_build import (
 )
 from training.models import cpu_has_native_bf16
 from utils.atomic_write import write_json_atomic
+from utils.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_PROCESSES = "training/configs/accelerate/cpu_2proc.yaml"  # several data-parallel processes on the CPU
@@ -172,7 +173,7 @@ def sft_processes(setting: str) -> int:
     """The SFT's data-parallel processes: `setting` as a number, or for auto 2 on a CPU with 2 or more cores, else 1."""
     if setting != "auto":
         if not setting.isdigit() or int(setting) < 1:
-            raise ValueError(f"sft_processes: {setting!r} is neither auto nor a number of processes (1, 2, ...)")
+            raise UsageError(f"sft_processes: {setting!r} is neither auto nor a number of processes (1, 2, ...)")
         return int(setting)
     import torch
 
@@ -186,7 +187,7 @@ def sft_overrides(args: DemoArguments, common: list[str], out: Path, processes: 
         flags += ["--max_steps", str(args.sft_max_steps)]
     if args.sft_batch_size is not None:
         if args.sft_batch_size % processes:
-            raise ValueError(f"sft_batch_size {args.sft_batch_size} does not split into {processes} processes")
+            raise UsageError(f"sft_batch_size {args.sft_batch_size} does not split into {processes} processes")
         flags += ["--per_device_train_batch_size", str(args.sft_batch_size // processes)]
     if args.sft_learning_rate is not None:
         flags += ["--learning_rate", str(args.sft_learning_rate)]
@@ -196,11 +197,9 @@ def sft_overrides(args: DemoArguments, common: list[str], out: Path, processes: 
     return flags + precision
 
 
-def fine_tune(args: DemoArguments, common: list[str], out: Path) -> dict:
-    """training/sft.py's run on embedded_lora.yaml with the demo's overrides, in this process or launched as several
-    data-parallel ones; what it recorded (sft_outcome)."""
-    processes = sft_processes(args.sft_processes)
-    flags = sft_overrides(args, common, out, processes)
+def fine_tune(args: DemoArguments, flags: list[str], out: Path, processes: int) -> dict:
+    """training/sft.py's run with `flags` (sft_overrides), in this process or launched as several data-parallel ones;
+    what it recorded (sft_outcome)."""
     if processes == 1:
         # The training and scoring stack (TrainingArguments imports peft) loads for a run, not for --help.
         from evals.held_out import held_out_accuracy
@@ -257,6 +256,8 @@ def main(args: DemoArguments) -> Path:
     if args.max_eval_examples is not None:
         common += ["--max_eval_examples", str(args.max_eval_examples)]
 
+    processes = sft_processes(args.sft_processes)  # setting mistakes end here, before any model loads
+    sft_flags = sft_overrides(args, common, out, processes)
     source, what = base_model(args)
     base_info = read_build_info(args.model_dir)
     print(f"[1/4] embedded base model: {what}")
@@ -267,7 +268,7 @@ def main(args: DemoArguments) -> Path:
     phases["zero_shot"] = time.time() - start - sum(phases.values())
 
     print("[3/4] LoRA fine-tuning (training/sft.py)")
-    sft = fine_tune(args, common, out)
+    sft = fine_tune(args, sft_flags, out, processes)
     train_loss = sft["train_loss"]
     phases["sft"] = time.time() - start - sum(phases.values())
 

@@ -210,7 +210,8 @@ def test_the_sft_in_this_process_records_the_same_figures(tmp_path, monkeypatch)
     args = demo.DemoArguments(output_dir=str(tmp_path / "demo"), model_dir=model, sft_max_steps=2)
     args.sft_processes = "1"
     common = ["--model_name_or_path", model, "--max_eval_examples", "8", "--logging_steps", "1"]
-    sft = demo.fine_tune(args, common, tmp_path / "demo")
+    flags = demo.sft_overrides(args, common, tmp_path / "demo", 1)
+    sft = demo.fine_tune(args, flags, tmp_path / "demo", 1)
     assert [sft["steps"], sft["batch_size"], sft["processes"], sft["learning_rate"]] == [2, 96, 1, 1.5e-3]
     assert (
         len(sft["train_loss"]) == 2
